@@ -1,0 +1,1 @@
+"""Shipped target description files (package data)."""
