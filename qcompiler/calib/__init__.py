@@ -1,0 +1,1 @@
+"""Calibration data: loading, checking and batching user samples."""

@@ -1,0 +1,1 @@
+"""Lowering to target integer arithmetic: fixed-point requant, layouts, programs."""

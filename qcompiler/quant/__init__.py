@@ -1,0 +1,1 @@
+"""Quantization math: schemes, observers, quantize/dequantize helpers."""

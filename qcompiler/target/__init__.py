@@ -1,0 +1,1 @@
+"""Target description language: grammar, parser, resolved Target model."""

@@ -1,0 +1,1 @@
+"""Model builders shared by tests, examples and benchmarks."""
