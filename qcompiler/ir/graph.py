@@ -238,6 +238,18 @@ class IR:
         node.name = new
         self.ann.rename_node(old, new)
 
+    def reload(self, graph: gs.Graph, model_meta: Optional[dict] = None) -> None:
+        """Swap in a whole new graph (after a whole-model rewrite such as an opset upgrade).
+
+        Annotations are kept by name; node names are made unique again.
+        """
+        self.graph = graph
+        if model_meta is not None:
+            self.model_meta = dict(model_meta)
+        from .io import _name_nodes
+
+        _name_nodes(self)
+
     # ------------------------------------------------------------------ housekeeping (manager only)
     def cleanup(self) -> int:
         """Remove nodes that no graph output depends on. Returns how many were removed."""

@@ -1,0 +1,148 @@
+"""canonicalize: opset >= 13, shape inference, constant folding, no Identity/Dropout/Constant nodes."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from qcompiler.errors import ModelError
+from qcompiler.ir.io import TWO_GB, ir_to_model, model_size, model_to_ir
+from qcompiler.pipeline.registry import Pass, register_pass
+
+TARGET_OPSET = 13
+FOLD_SIZE_LIMIT = 16 << 20  # do not materialise Tile/Expand results bigger than this
+NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}  # keep imported Q/DQ weights
+
+
+@register_pass("canonicalize", provides={"canonical", "shapes"})
+class Canonicalize(Pass):
+    """Upgrade to opset >= 13, infer shapes, fold constants, drop Identity/Dropout, Constant nodes to initializers."""
+
+    def run(self, ir, ctx) -> bool:
+        rep = ctx.pass_report(self.name)
+        min_opset = int(ctx.option("min_opset", TARGET_OPSET))
+        changed = False
+        before = ir.opset
+        model = ir_to_model(ir)
+        if ir.opset < min_opset:
+            model = _upgrade(model, min_opset)
+            changed = True
+        model = _infer_shapes(model, ctx)
+        annotations = ir.ann
+        ir.reload(model_to_ir(model).graph, model_meta=ir.model_meta | {
+            "opset_imports": {imp.domain: imp.version for imp in model.opset_import},
+            "ir_version": model.ir_version})
+        ir.ann = annotations
+        rep["opset"] = [before, ir.opset]
+
+        n = _constants_to_initializers(ir)
+        rep["constant_nodes_to_initializers"] = n
+        changed |= n > 0
+        n = _remove_identities(ir)
+        rep["identity_dropout_removed"] = n
+        changed |= n > 0
+        folded = _fold_constants(ir)
+        rep["constants_folded"] = folded
+        changed |= folded > 0
+        return changed
+
+
+def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:
+        raise ModelError(f"cannot upgrade the model from opset {model.opset_import[0].version} to {opset}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                         "re-export the model at opset 13 or later") from None
+
+
+def _infer_shapes(model: onnx.ModelProto, ctx) -> onnx.ModelProto:
+    if model_size(model) > TWO_GB:
+        ctx.log.warning("model is over 2 GB: shape inference skipped; shapes come from the model")
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as e:
+        ctx.log.warning("shape inference failed (%s); continuing with the model's own shapes", e)
+        return model
+
+
+def _constants_to_initializers(ir) -> int:
+    count = 0
+    for node in list(ir.graph.nodes):
+        if node.op != "Constant" or node.domain not in ("", None):
+            continue
+        value = _constant_value(node)
+        if value is None:
+            continue
+        out = node.outputs[0]
+        if ir.is_graph_output(out):
+            continue
+        name = out.name  # the initializer keeps the tensor's name
+        const = ir.constant(name + "_value", value)
+        ir.replace_uses(out, const)
+        ir.remove_node(node)
+        ir.rename_tensor(out, ir.fresh_name(name + "_detached"))
+        ir.rename_tensor(const, name)
+        count += 1
+    return count
+
+
+def _constant_value(node):
+    a = node.attrs
+    if "value" in a:
+        v = a["value"]
+        return np.asarray(v.values if isinstance(v, gs.Constant) else v)
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in a:
+            return np.array(a[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in a:
+            return np.array(list(a[key]), dtype=dtype)
+    return None  # sparse / string constants stay as they are
+
+
+def _remove_identities(ir) -> int:
+    count = 0
+    for node in list(ir.graph.nodes):
+        if node.op == "Identity" and node.domain in ("", None):
+            pass
+        elif node.op == "Dropout" and node.domain in ("", None):
+            mask_used = len(node.outputs) > 1 and (len(node.outputs[1].outputs) or ir.is_graph_output(node.outputs[1]))
+            training = len(node.inputs) > 2 and ir.const_value(node.inputs[2])
+            if mask_used or (training is not None and bool(np.asarray(training).any())):
+                continue
+        else:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        if ir.is_graph_output(out) and (ir.is_graph_input(src) or ir.is_graph_output(src) or ir.is_const(src)):
+            continue  # the graph output must stay a distinct, produced tensor
+        if ir.is_graph_output(out) and len(src.outputs) > 1:
+            continue  # renaming src would rename a tensor other nodes also read under its own name
+        ir.bypass(node)
+        count += 1
+    return count
+
+
+def _fold_constants(ir) -> int:
+    before = sum(1 for n in ir.graph.nodes)
+    ir.toposort()  # gs folding needs sorted nodes; this is the one pass that folds
+    level = gs.logger.G_LOGGER.severity
+    gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    try:
+        ir.graph.fold_constants(fold_shapes=True, partitioning="basic", error_ok=True,
+                                size_threshold=FOLD_SIZE_LIMIT,
+                                should_exclude_node=lambda n: n.op in NEVER_FOLD)
+    finally:
+        gs.logger.G_LOGGER.severity = level
+    # Folded values are now Constants; their producer nodes are dead and the manager drops them.
+    from qcompiler.ir.toposort import live_nodes
+
+    live = live_nodes(ir.graph)
+    return before - sum(1 for n in ir.graph.nodes if id(n) in live)

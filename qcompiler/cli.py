@@ -1,0 +1,275 @@
+"""The `qcompiler` command line.
+
+Errors a user can cause print one line on stderr ("error: ...") and exit with code 2;
+--debug (anywhere on the line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import QCompilerError, UsageError
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+class _OneLineHandler(logging.Handler):
+    def emit(self, record):
+        level = "warning" if record.levelno >= logging.WARNING else "info"
+        _echo_err(f"{level}: {record.getMessage()}")
+
+
+def _setup_logging(verbose: bool) -> None:
+    log = logging.getLogger("qcompiler")
+    log.handlers[:] = [_OneLineHandler()]
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="qcompiler")
+def cli():
+    """qcompiler: a compiler-style INT8 quantizer for ONNX models.
+
+    \b
+    Typical use:
+      qcompiler build model.onnx --target x86 --calib data/ -o model.int8.onnx
+      qcompiler build model.onnx --target arm64 --calib data/ --dump-dir dumps/
+      qcompiler passes | targets | inspect MODEL | diff A B
+
+    Add --debug anywhere to see tracebacks.
+    """
+
+
+# ---------------------------------------------------------------------------------- build
+@cli.command("build")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model path (default: MODEL.<target>.onnx).")
+@click.option("--target", "target", metavar="NAME|FILE", help="Target name (see 'qcompiler targets') or a .qtarget file. "
+              "Default: x86 when --calib is given, else the FP32 pipeline only.")
+@click.option("--pipeline", metavar="A,B,C", help="Explicit pass list, replacing the target's pipeline.")
+@click.option("--add-pass", "add_pass", multiple=True, metavar="NAME[:after=P|:before=P]",
+              help="Insert a pass into the pipeline (repeatable).")
+@click.option("--plugin", multiple=True, type=click.Path(dir_okay=False), help="Python file that registers passes (repeatable).")
+@click.option("--dump-dir", type=click.Path(file_okay=False), help="Write NN-<pass>.onnx/.txt/.diff after every pass.")
+@click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz, or a folder of .npy/.npz/images.")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Calibration batch size.")
+@click.option("--method", type=click.Choice(["minmax", "moving_average", "percentile", "entropy", "mse"]),
+              default="minmax", show_default=True, help="Activation calibration method.")
+@click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
+              help="Percentile for --method percentile.")
+@click.option("--preprocess", type=click.Path(dir_okay=False), help="JSON file with image preprocessing for image folders.")
+@click.option("--emit", type=click.Choice(["qdq", "qop", "program"]), default="qdq", show_default=True,
+              help="Output form: QDQ ONNX, ONNX integer ops, or the target-lowered program.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the build report as JSON here.")
+@click.option("--keep-going", is_flag=True, help="Skip a failing pass (IR restored) instead of stopping.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
+def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib, calib_samples, batch_size,
+              method, percentile, preprocess, emit, report_path, keep_going, force, quiet):
+    """Compile MODEL through a pass pipeline and write the result."""
+    from .build import build
+    from .ir.io import save_model
+
+    model_path = Path(model)
+    if target is None and calib is not None:
+        target = "x86"
+    out = Path(output) if output else model_path.with_name(
+        model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
+    _check_output(model_path, out, force)
+    calib_fn = None
+    if calib is not None:
+        calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
+    options = {"calib_method": method, "percentile": percentile, "emit": emit}
+    echo = None if quiet else _echo_err
+    result = build(model_path, target=target, pipeline=pipeline.split(",") if pipeline else None,
+                   add_passes=add_pass, plugins=plugin, calib=calib_fn, dump_dir=dump_dir,
+                   options=options, keep_going=keep_going, echo=echo)
+    save_model(result.model, out, force=force)
+    if report_path:
+        _write_text_atomic(Path(report_path), json.dumps(result.report, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    if not quiet:
+        _echo_err(f"wrote {out}")
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    return str(o)
+
+
+def _check_output(model_path: Path, out: Path, force: bool) -> None:
+    if model_path.exists() and out.exists() and os.path.samefile(model_path, out):
+        raise UsageError(f"output '{out}' is the input model", "choose another -o path; the input is never overwritten")
+    if out.exists() and not force:
+        raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder '{parent}' does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"output folder '{parent}' is not writable", "choose another output path")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _calibration_source(model_path, calib, samples, batch_size, preprocess):
+    from .calib.data import load_calibration
+    from .ir import read_model
+    from .calib.specs import input_specs
+
+    specs = input_specs(read_model(model_path))
+    pre = None
+    if preprocess:
+        pre = json.loads(Path(preprocess).read_text())
+
+    def fresh():
+        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=pre)
+
+    fresh()  # check names, shapes and dtypes up front, before any pass runs
+    return fresh
+
+
+# ---------------------------------------------------------------------------------- passes
+@cli.command("passes")
+def passes_cmd():
+    """List the registered passes with what they require and provide."""
+    from .pipeline import all_passes
+
+    for name, cls in all_passes().items():
+        req = ",".join(sorted(cls.requires)) or "-"
+        prov = ",".join(sorted(cls.provides)) or "-"
+        click.echo(f"{name:<22} {cls.description}")
+        click.echo(f"{'':<22} requires: {req}   provides: {prov}")
+
+
+# ---------------------------------------------------------------------------------- inspect
+@cli.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+def inspect_cmd(model):
+    """Op histogram, inputs/outputs with shapes, opset and size of MODEL."""
+    from .ir import load_ir
+    from .ir.printer import tensor_str
+
+    ir = load_ir(model)
+    g = ir.graph
+    size = Path(model).stat().st_size
+    n_init = sum(1 for t in ir.tensors().values() if ir.is_const(t))
+    click.echo(f"model:   {model}")
+    click.echo(f"opset:   {ir.opset}   ir_version: {ir.model_meta.get('ir_version')}   "
+               f"producer: {ir.model_meta.get('producer_name') or '-'}")
+    click.echo(f"size:    {size / 1e6:.2f} MB   nodes: {len(g.nodes)}   initializers: {n_init}")
+    for t in g.inputs:
+        click.echo(f"input:   {tensor_str(t)}")
+    for t in g.outputs:
+        click.echo(f"output:  {tensor_str(t)}")
+    hist = Counter(n.op if n.domain in ("", None) else f"{n.domain}.{n.op}" for n in g.nodes)
+    click.echo("ops:")
+    for op, count in sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])):
+        click.echo(f"  {op:<28}{count:>6}")
+
+
+# ---------------------------------------------------------------------------------- diff
+@cli.command("diff")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+def diff_cmd(a, b):
+    """Nodes added, removed and changed between two models or dump steps."""
+    from .ir.diff import diff_node_lines, format_diff
+
+    click.echo(format_diff(diff_node_lines(_lines_of(a), _lines_of(b)), f"{a} -> {b}"), nl=False)
+
+
+def _lines_of(path):
+    from .ir import load_ir, node_lines
+
+    p = Path(path)
+    if not p.exists() and p.with_suffix(".onnx").exists():
+        p = p.with_suffix(".onnx")
+    if p.suffix == ".txt":
+        if not p.exists():
+            raise UsageError(f"'{p}' does not exist", "give a model or a dump step")
+        out = {}
+        for line in p.read_text().splitlines():
+            if " = " in line and not line.startswith(("graph ", "input ", "output ", "scale-group ")):
+                out[line.split(" = ", 1)[0]] = line
+        return out
+    return node_lines(load_ir(p))
+
+
+# ---------------------------------------------------------------------------------- targets
+@cli.group("targets", invoke_without_command=True)
+@click.pass_context
+def targets_cmd(ctx):
+    """List shipped targets; 'targets show NAME' prints one resolved."""
+    if ctx.invoked_subcommand is None:
+        from .target import list_targets
+
+        for name, desc in list_targets():
+            click.echo(f"{name:<14} {desc}")
+
+
+@targets_cmd.command("show")
+@click.argument("name")
+def targets_show(name):
+    """Print target NAME (or a .qtarget file) with inheritance applied."""
+    from .target import format_target, load_target
+
+    click.echo(format_target(load_target(name)), nl=False)
+
+
+# ---------------------------------------------------------------------------------- entry
+def main(argv=None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    _setup_logging(verbose)
+    try:
+        rv = cli.main(args=args, prog_name="qcompiler", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except QCompilerError as e:
+        if debug:
+            traceback.print_exc()
+        _echo_err(f"error: {e}")
+        return e.exit_code
+    except click.exceptions.Abort:
+        _echo_err("error: aborted")
+        return 130
+    except click.ClickException as e:
+        _echo_err(f"error: {e.format_message()} (see 'qcompiler {args[0] if args else ''} --help')".replace("  ", " "))
+        return 2
+    except KeyboardInterrupt:
+        _echo_err("error: interrupted")
+        return 130
+    except Exception as e:  # a bug in qcompiler, not in the input: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        _echo_err(f"error: internal error: {type(e).__name__}: {e} (hint: re-run with --debug and report it)")
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
