@@ -572,7 +572,7 @@ def residual_concat_net(channels: int = 16, hw: int = 32, blocks: int = 2, seed:
         BasicBlock(2C, stride 2, 1x1 downsample)
         GlobalAveragePool -> Flatten -> Gemm(2C -> num_classes)
 
-    With the defaults: 40 nodes (14 Conv, 14 BN), about 33k parameters, ~140 KB.
+    With the defaults: 40 nodes (11 Conv, 11 BN), about 33k parameters, ~140 KB.
     """
     b = _Builder(seed, opset)
     c = channels
