@@ -213,7 +213,8 @@ def compute_qparams(lo, hi, scheme: QuantScheme) -> QParams:
         raise ValueError(
             f"a per-channel scheme needs 1-d lo/hi (one per channel), got shape {lo_a.shape}"
         )
-    scale, zp = _scale_zero_point(lo_a, hi_a, scheme)
+    with np.errstate(over="ignore"):
+        scale, zp = _scale_zero_point(lo_a, hi_a, scheme)
     if not np.all(np.isfinite(scale)):
         raise ValueError(f"quantization range [{lo}, {hi}] is too wide for a float32 scale")
     return QParams(scale=scale, zero_point=zp, axis=scheme.axis, dtype=scheme.dtype)
