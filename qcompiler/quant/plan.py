@@ -1,0 +1,107 @@
+"""The quantization plan: which nodes become integer kernels (from the target's legal
+patterns), which tensors are quantized, which tensors share parameters, and why every
+other node stays float.
+
+insert-observers computes it; calibrate, unify-concat-scales and place-qdq read it from
+`ir.ann.notes["quant_plan"]`. Tensors to quantize carry a QuantSpec in `ir.ann.qspec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Set
+
+import numpy as np
+
+from .qparams import compute_qparams
+from .scheme import QuantScheme
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+
+
+@dataclass
+class Kernel:
+    """One integer kernel: the nodes of a pattern match, run as one unit."""
+
+    name: str
+    pattern: str
+    op: str  # the anchor op
+    nodes: List[str]
+    inputs: List[str]  # activation inputs (quantized when the plan says so)
+    output: str  # the tensor the kernel produces
+    weight: Optional[str] = None
+    bias: Optional[str] = None
+
+
+@dataclass
+class Plan:
+    kernels: List[Kernel] = field(default_factory=list)
+    tensors: List[str] = field(default_factory=list)  # quantized activations, graph order
+    float_reasons: Dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"kernels": [asdict(k) for k in self.kernels], "tensors": list(self.tensors),
+                "float_reasons": dict(self.float_reasons)}
+
+    @staticmethod
+    def from_json(d: dict) -> "Plan":
+        return Plan([Kernel(**k) for k in d["kernels"]], list(d["tensors"]), dict(d["float_reasons"]))
+
+
+def to_quant_scheme(ts, axis: Optional[int] = None) -> QuantScheme:
+    """A target file's role scheme as the math layer's QuantScheme."""
+    return QuantScheme(dtype=ts.dtype, symmetric=bool(ts.symmetric),
+                       axis=axis if ts.per_channel else None,
+                       narrow=bool(ts.narrow), reduce_range=bool(ts.reduce_range))
+
+
+def weight_axis(op: str, node_attrs: dict, weight_rank: int) -> int:
+    """The output-channel axis of a weight, where per-channel scales go."""
+    if op == "ConvTranspose":
+        return 1
+    if op == "Gemm":
+        return 0 if int(node_attrs.get("transB", 0)) else 1
+    if op == "MatMul":
+        return weight_rank - 1
+    return 0
+
+
+def is_float(t) -> bool:
+    if t.dtype is None:
+        return True  # unknown: canonicalize infers shapes, so this is rare
+    try:
+        return np.dtype(t.dtype) in [np.dtype(d) for d in FLOAT_DTYPES]
+    except TypeError:
+        return False
+
+
+def group_qparams(ir, ranges: Dict[str, tuple], scheme: QuantScheme) -> Dict[str, object]:
+    """QParams per tensor, one set per scale group covering all its members' ranges."""
+    roots: Dict[object, List[str]] = {}
+    for name in ranges:
+        roots.setdefault(ir.ann.groups.find(name), []).append(name)
+    out = {}
+    for members in roots.values():
+        lo = min(float(ranges[m][0]) for m in members)
+        hi = max(float(ranges[m][1]) for m in members)
+        qp = compute_qparams(lo, hi, scheme)
+        for m in members:
+            out[m] = qp
+    return out
+
+
+def tensors_in_order(ir, names: Set[str]) -> List[str]:
+    """`names` in graph order (inputs first, then node outputs), for deterministic output."""
+    order: List[str] = []
+    seen: Set[str] = set()
+    for t in ir.graph.inputs:
+        if t.name in names and t.name not in seen:
+            order.append(t.name)
+            seen.add(t.name)
+    for node in ir.graph.nodes:
+        for t in list(node.inputs) + list(node.outputs):
+            if t.name in names and t.name not in seen:
+                order.append(t.name)
+                seen.add(t.name)
+    return order

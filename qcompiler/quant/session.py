@@ -1,0 +1,64 @@
+"""One ONNX Runtime session whose outputs are the observed tensors, fed batch by batch."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import CalibrationError
+
+
+def session_with_outputs(model: onnx.ModelProto, names: List[str]) -> ort.InferenceSession:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.value_info) + list(m.graph.input)
+             + list(m.graph.output)}
+    for name in names:
+        if name not in existing:
+            elem = types.get(name) or onnx.TensorProto.FLOAT
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    try:
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise CalibrationError(f"ONNX Runtime cannot run the model for calibration: {str(e).splitlines()[0]}",
+                               "check that the model runs in onnxruntime") from None
+
+
+def observe_session(model: onnx.ModelProto, names: List[str], batches: Iterable[Dict[str, np.ndarray]],
+                    observers: Dict[str, object], progress: bool = False) -> int:
+    """Feed every batch, update each observer with its tensor; returns the batch count."""
+    sess = session_with_outputs(model, names)
+    input_names = [i.name for i in sess.get_inputs()]
+    count = 0
+    iterator = batches
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="calibrating", unit="batch", leave=False)
+    try:
+        for batch in iterator:
+            feeds = {k: v for k, v in batch.items() if k in input_names}
+            try:
+                outs = sess.run(names, feeds)
+            except Exception as e:
+                raise CalibrationError(f"calibration batch {count} failed in ONNX Runtime: {str(e).splitlines()[0]}",
+                                       "check the calibration data's shapes and dtypes") from None
+            for name, value in zip(names, outs):
+                observers[name].update(value)
+            count += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if count == 0:
+        raise CalibrationError("the calibration data holds no samples", "give at least one sample with --calib")
+    return count
