@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
@@ -11,7 +12,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 import onnx
 
 from .errors import PipelineError
-from .ir import IR, ir_to_model, load_ir
+from .ir import IR, ir_to_model, load_ir, read_model
 from .pipeline import Context, PassManager, build_pipeline, load_plugin
 from .pipeline.dumps import DumpInstrument, ProgressInstrument
 
@@ -57,8 +58,10 @@ def build(
     tgt = resolve_target(target)
     names = list(pipeline) if pipeline else list(getattr(tgt, "pipeline", None) or FP32_PIPELINE)
     passes = build_pipeline(names, add_passes, pass_options)
-    ir = load_ir(model)
-    ctx = Context(target=tgt, options=dict(options or {}), calib=calib)
+    source = model if isinstance(model, onnx.ModelProto) else read_model(model)
+    ir = load_ir(source)
+    calib_part, eval_part = split_holdout(calib)
+    ctx = Context(target=tgt, options=dict(options or {}), calib=calib_part)
     ctx.report["pipeline"] = [p.name for p in passes]
     if tgt is not None:
         ctx.report["target"] = getattr(tgt, "name", str(tgt))
@@ -70,7 +73,46 @@ def build(
     PassManager(passes, instruments, keep_going=keep_going).run(ir, ctx)
     exporter = ctx.option("exporter")
     out = exporter(ir, ctx) if exporter else ir_to_model(ir)
+    if "quant_plan" in ir.ann.notes:
+        _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part)
     return BuildResult(model=out, ir=ir, report=ctx.report, target=tgt)
+
+
+def split_holdout(calib, every: int = 10):
+    """Hold out every `every`-th batch for the accuracy report when there are enough;
+    with fewer batches, evaluation reuses calibration batches (the report says so)."""
+    if calib is None:
+        return None, None
+    batches = sum(1 for _ in itertools.islice(calib(), every))
+    if batches < every:
+        return calib, None
+
+    def calib_part():
+        return (b for i, b in enumerate(calib()) if i % every != every - 1)
+
+    def eval_part():
+        return (b for i, b in enumerate(calib()) if i % every == every - 1)
+
+    return calib_part, eval_part
+
+
+def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_source) -> None:
+    from . import report as rpt
+
+    plan = ir.ann.notes["quant_plan"]
+    r = ctx.report
+    r["quantization"] = {"kernels": len(plan["kernels"]), "float_nodes": len(plan["float_reasons"]),
+                         "quantized_tensors": len(plan["tensors"]), "qdq": rpt.qdq_counts(int8)}
+    r["float_reasons"] = dict(sorted(plan["float_reasons"].items()))
+    r["size"] = {"before": fp32.ByteSize(), "after": int8.ByteSize()}
+    if eval_source is None or ctx.option("emit", "qdq") == "program":
+        return
+    first = next(iter(eval_source()), None)
+    r["macs"] = rpt.int8_mac_share(int8, plan, first)
+    if ctx.option("evaluate", True):
+        acc = rpt.output_error(fp32, int8, eval_source())
+        acc["held_out"] = eval_source is not ctx.calib
+        r["accuracy"] = acc
 
 
 def require_calibration(ctx: Context, who: str) -> Callable[[], Iterable[dict]]:

@@ -92,7 +92,7 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     calib_fn = None
     if calib is not None:
         calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
-    options = {"calib_method": method, "percentile": percentile, "emit": emit}
+    options = {"calib_method": method, "percentile": percentile, "emit": emit, "progress": not quiet}
     echo = None if quiet else _echo_err
     result = build(model_path, target=target, pipeline=pipeline.split(",") if pipeline else None,
                    add_passes=add_pass, plugins=plugin, calib=calib_fn, dump_dir=dump_dir,
@@ -101,6 +101,10 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     if report_path:
         _write_text_atomic(Path(report_path), json.dumps(result.report, indent=2, sort_keys=True, default=_jsonable) + "\n")
     if not quiet:
+        from .report import summarize
+
+        for line in summarize(result.report):
+            _echo_err(line)
         _echo_err(f"wrote {out}")
 
 

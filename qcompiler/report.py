@@ -1,0 +1,156 @@
+"""The build report: what became INT8 and what stayed float (and why), Q/DQ counts,
+sizes, the share of multiply-accumulates that run in INT8, and output error of the
+INT8 model against FP32 (SQNR, cosine) on held-out calibration batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    ref = np.asarray(ref, dtype=np.float64)
+    err = ref - np.asarray(out, dtype=np.float64)
+    p_sig, p_err = float(np.sum(ref * ref)), float(np.sum(err * err))
+    if p_err == 0.0:
+        return float("inf")
+    if p_sig == 0.0:
+        return float("-inf")
+    return 10.0 * np.log10(p_sig / p_err)
+
+
+def cosine(ref: np.ndarray, out: np.ndarray) -> float:
+    a = np.asarray(ref, dtype=np.float64).reshape(-1)
+    b = np.asarray(out, dtype=np.float64).reshape(-1)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
+
+
+def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable[Dict[str, np.ndarray]]) -> Dict:
+    """SQNR (dB) and cosine similarity per model output, accumulated over all batches."""
+    s_ref, s_q = session(fp32), session(int8)
+    names = [o.name for o in s_ref.get_outputs()]
+    ins = {i.name for i in s_ref.get_inputs()}
+    sig: Dict[str, float] = {n: 0.0 for n in names}
+    err: Dict[str, float] = {n: 0.0 for n in names}
+    dot: Dict[str, float] = {n: 0.0 for n in names}
+    nq: Dict[str, float] = {n: 0.0 for n in names}
+    count = 0
+    for batch in batches:
+        feeds = {k: v for k, v in batch.items() if k in ins}
+        ref = s_ref.run(names, feeds)
+        out = s_q.run(names, feeds)
+        for n, r, o in zip(names, ref, out):
+            r = np.asarray(r, np.float64)
+            o = np.asarray(o, np.float64)
+            sig[n] += float(np.sum(r * r))
+            err[n] += float(np.sum((r - o) ** 2))
+            dot[n] += float(np.sum(r * o))
+            nq[n] += float(np.sum(o * o))
+        count += 1
+    result = {}
+    for n in names:
+        s = 10 * np.log10(sig[n] / err[n]) if err[n] > 0 and sig[n] > 0 else float("inf")
+        c = dot[n] / np.sqrt(sig[n] * nq[n]) if sig[n] > 0 and nq[n] > 0 else 1.0
+        result[n] = {"sqnr_db": round(float(s), 3), "cosine": round(float(c), 6)}
+    return {"batches": count, "outputs": result}
+
+
+def qdq_counts(model: onnx.ModelProto) -> Dict[str, int]:
+    c = Counter(n.op_type for n in model.graph.node)
+    return {"QuantizeLinear": c.get("QuantizeLinear", 0), "DequantizeLinear": c.get("DequantizeLinear", 0)}
+
+
+def mac_counts(model: onnx.ModelProto, feeds: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, int]:
+    """Multiply-accumulates per Conv/ConvTranspose/MatMul/Gemm node, with shapes from
+    shape inference on the given input shapes."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if feeds:
+        for vi in m.graph.input:
+            if vi.name in feeds:
+                shape = feeds[vi.name].shape
+                dims = vi.type.tensor_type.shape.dim
+                for d, v in zip(dims, shape):
+                    d.Clear()
+                    d.dim_value = int(v)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return {}
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(d.dim_value for d in dims)
+    for init in m.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    macs: Dict[str, int] = {}
+    for node in m.graph.node:
+        if node.op_type not in MAC_OPS:
+            continue
+        out = shapes.get(node.output[0])
+        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if out is None or w is None:
+            continue
+        if node.op_type == "Conv":
+            macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":
+            x = shapes.get(node.input[0])
+            if x is not None:
+                macs[node.name] = int(np.prod(x)) * int(np.prod(w[1:]))
+        else:  # MatMul / Gemm: out elements x K
+            a = shapes.get(node.input[0])
+            if a is not None:
+                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+                k = a[-2] if trans_a else a[-1]
+                macs[node.name] = int(np.prod(out)) * int(k)
+    return macs
+
+
+def int8_mac_share(fp32_ir_model: onnx.ModelProto, plan: dict, feeds) -> Dict:
+    macs = mac_counts(fp32_ir_model, feeds)
+    in_kernel = {n for k in plan.get("kernels", []) for n in k["nodes"] if k.get("weight")}
+    total = sum(macs.values())
+    int8 = sum(v for k, v in macs.items() if k in in_kernel)
+    return {"total_macs": total, "int8_macs": int8, "int8_share": round(int8 / total, 4) if total else None}
+
+
+def summarize(report: Dict) -> List[str]:
+    lines = []
+    q = report.get("quantization", {})
+    if q:
+        lines.append(f"INT8 kernels: {q.get('kernels', 0)}   float nodes: {q.get('float_nodes', 0)}   "
+                     f"Q/DQ: {q.get('qdq', {}).get('QuantizeLinear', 0)}/{q.get('qdq', {}).get('DequantizeLinear', 0)}")
+    macs = report.get("macs")
+    if macs and macs.get("int8_share") is not None:
+        lines.append(f"INT8 MAC share: {100 * macs['int8_share']:.1f}% of {macs['total_macs'] / 1e6:.1f} M MACs")
+    size = report.get("size")
+    if size:
+        lines.append(f"size: {size['before'] / 1e6:.2f} MB -> {size['after'] / 1e6:.2f} MB")
+    err = report.get("accuracy", {}).get("outputs", {})
+    for name, e in err.items():
+        lines.append(f"output {name}: SQNR {e['sqnr_db']:.2f} dB, cosine {e['cosine']:.5f}")
+    reasons = report.get("float_reasons", {})
+    if reasons:
+        top = Counter(reasons.values()).most_common(5)
+        lines.append("why not INT8 (most common): " + "; ".join(f"{r} x{c}" for r, c in top))
+    return lines
