@@ -1,0 +1,642 @@
+"""Streaming range observers for calibration.
+
+An observer sees a tensor batch by batch and proposes a quantization range::
+
+    obs = make_observer("entropy", bins=2048)
+    for batch in batches:
+        obs.update(batch)
+    lo, hi = obs.range(QuantScheme("int8"))
+    qp = compute_qparams(lo, hi, scheme)
+
+Memory is flat in the number of samples: min/max observers keep a few numbers, the
+histogram observers (percentile, entropy, mse) keep one fixed-size histogram.
+
+The histogram is laid on a grid anchored at 0 (bin g covers [g*w, (g+1)*w)), so 0 is
+always a bin edge and a signed histogram folds exactly into a histogram of |x|. When a
+later batch falls outside the bins, the bin width doubles (pairs of neighbouring bins
+merge, exactly, no interpolation) until everything fits; the range is therefore always
+covered by between bins/2 and bins bins.
+
+NaN and +-Inf values are left out of every range and counted in ``obs.stats`` so the
+caller can warn. Ranges are finite and always contain 0 (``lo <= 0 <= hi``); a tensor
+that is all zeros (or has no finite value at all) gives (0.0, 0.0), which
+:func:`~qcompiler.quant.qparams.compute_qparams` turns into the safe MIN_SCALE.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CalibrationError
+from .qparams import _scale_zero_point
+from .scheme import QuantScheme
+
+__all__ = [
+    "ObserverStats",
+    "Observer",
+    "MinMaxObserver",
+    "MovingAverageObserver",
+    "HistogramObserver",
+    "PercentileObserver",
+    "EntropyObserver",
+    "MSEObserver",
+    "OBSERVER_METHODS",
+    "make_observer",
+    "per_channel_minmax",
+]
+
+_DEFAULT_SCHEME = QuantScheme("int8", symmetric=True)
+
+
+@dataclass(frozen=True)
+class ObserverStats:
+    """What an observer has seen. min/max are None until a finite value arrives."""
+
+    min: float | None
+    max: float | None
+    count: int  # finite values
+    nan_count: int
+    inf_count: int
+
+    @property
+    def total(self) -> int:
+        """All values seen, finite or not."""
+        return self.count + self.nan_count + self.inf_count
+
+
+def _as_float(x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind == "f":
+        return a
+    if a.dtype.kind in "iub":
+        return a.astype(np.float64)
+    raise TypeError(f"observers take numeric arrays, got dtype {a.dtype}")
+
+
+class Observer:
+    """Base class: tracks stats (min, max, counts of finite, NaN and Inf values)."""
+
+    method = "base"
+
+    def __init__(self) -> None:
+        self._min = math.inf
+        self._max = -math.inf
+        self._count = 0
+        self._nan = 0
+        self._inf = 0
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _finite(self, x) -> np.ndarray:
+        """Flattened finite values of a batch; updates the stats."""
+        a = _as_float(x).reshape(-1)
+        if a.size == 0:
+            return a
+        mn, mx = a.min(), a.max()
+        if not (np.isfinite(mn) and np.isfinite(mx)):  # NaN propagates through min/max
+            nan = np.isnan(a)
+            fin = np.isfinite(a)
+            n_nan = int(nan.sum())
+            self._nan += n_nan
+            self._inf += int(a.size - n_nan - fin.sum())
+            a = a[fin]
+            if a.size == 0:
+                return a
+            mn, mx = a.min(), a.max()
+        self._count += int(a.size)
+        self._min = min(self._min, float(mn))
+        self._max = max(self._max, float(mx))
+        return a
+
+    @property
+    def stats(self) -> ObserverStats:
+        has = self._count > 0
+        return ObserverStats(
+            min=self._min if has else None,
+            max=self._max if has else None,
+            count=self._count,
+            nan_count=self._nan,
+            inf_count=self._inf,
+        )
+
+    def _data_range(self) -> tuple[float, float]:
+        if self._count == 0:
+            return 0.0, 0.0
+        return min(self._min, 0.0), max(self._max, 0.0)
+
+    # -- API ----------------------------------------------------------------------------
+
+    def update(self, x) -> "Observer":
+        """Feed one batch (any shape). Returns self."""
+        raise NotImplementedError
+
+    def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
+        """The proposed (lo, hi), finite, lo <= 0 <= hi."""
+        raise NotImplementedError
+
+    def state_size(self) -> int:
+        """Number of array elements the observer holds (flat in the samples seen)."""
+        return sum(v.size for v in vars(self).values() if isinstance(v, np.ndarray))
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return f"{type(self).__name__}(count={s.count}, min={s.min}, max={s.max})"
+
+
+class MinMaxObserver(Observer):
+    """Exact running min and max; per channel when ``axis`` is given."""
+
+    method = "minmax"
+
+    def __init__(self, axis: int | None = None) -> None:
+        super().__init__()
+        self.axis = axis
+        self._cmin: np.ndarray | None = None
+        self._cmax: np.ndarray | None = None
+
+    def _channel_minmax(self, x) -> tuple[np.ndarray, np.ndarray]:
+        a = _as_float(x)
+        ax = self.axis + a.ndim if self.axis < 0 else self.axis
+        if not 0 <= ax < a.ndim:
+            raise ValueError(f"observer axis {self.axis} is out of range for rank {a.ndim}")
+        self._finite(a)  # stats
+        return _masked_minmax(a, ax)
+
+    def update(self, x) -> "MinMaxObserver":
+        if self.axis is None:
+            self._finite(x)
+            return self
+        lo, hi = self._channel_minmax(x)
+        if self._cmin is None:
+            self._cmin, self._cmax = lo, hi
+        else:
+            if lo.shape != self._cmin.shape:
+                raise ValueError(
+                    f"channel count changed from {self._cmin.shape[0]} to {lo.shape[0]}"
+                )
+            self._cmin = np.fmin(self._cmin, lo)  # fmin: NaN (empty channel) loses
+            self._cmax = np.fmax(self._cmax, hi)
+        return self
+
+    def range(self, scheme: QuantScheme | None = None):
+        if self.axis is None:
+            return self._data_range()
+        if self._cmin is None:
+            return np.zeros(0), np.zeros(0)
+        return _channel_range(self._cmin, self._cmax)
+
+
+class MovingAverageObserver(MinMaxObserver):
+    """Exponential moving average of per-batch min and max.
+
+    ``momentum`` is the weight kept by the running value:
+    running = momentum * running + (1 - momentum) * batch (the first batch sets it).
+    Batches without a finite value are skipped.
+    """
+
+    method = "moving_average"
+
+    def __init__(self, momentum: float = 0.9, axis: int | None = None) -> None:
+        super().__init__(axis=axis)
+        if not 0.0 <= float(momentum) < 1.0:
+            raise CalibrationError(
+                f"moving_average momentum must be in [0, 1), got {momentum}",
+                "use e.g. momentum=0.9",
+            )
+        self.momentum = float(momentum)
+        self._avg_min: float | None = None
+        self._avg_max: float | None = None
+
+    def update(self, x) -> "MovingAverageObserver":
+        m = self.momentum
+        if self.axis is None:
+            before = self._count
+            a = self._finite(x)
+            if self._count == before:
+                return self
+            bmin, bmax = float(a.min()), float(a.max())
+            if self._avg_min is None:
+                self._avg_min, self._avg_max = bmin, bmax
+            else:
+                self._avg_min = m * self._avg_min + (1 - m) * bmin
+                self._avg_max = m * self._avg_max + (1 - m) * bmax
+            return self
+        lo, hi = self._channel_minmax(x)
+        if self._cmin is None:
+            self._cmin, self._cmax = lo, hi
+        else:
+            if lo.shape != self._cmin.shape:
+                raise ValueError(
+                    f"channel count changed from {self._cmin.shape[0]} to {lo.shape[0]}"
+                )
+            keep = np.isnan(lo)  # empty channel in this batch: keep the running value
+            self._cmin = np.where(
+                np.isnan(self._cmin), lo, np.where(keep, self._cmin, m * self._cmin + (1 - m) * lo)
+            )
+            self._cmax = np.where(
+                np.isnan(self._cmax), hi, np.where(keep, self._cmax, m * self._cmax + (1 - m) * hi)
+            )
+        return self
+
+    def range(self, scheme: QuantScheme | None = None):
+        if self.axis is not None:
+            return super().range(scheme)
+        if self._avg_min is None:
+            return 0.0, 0.0
+        return min(self._avg_min, 0.0), max(self._avg_max, 0.0)
+
+
+def _masked_minmax(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel min/max along ``axis`` ignoring non-finite values (NaN if none)."""
+    a = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+    if a.shape[1] == 0:
+        n = a.shape[0]
+        return np.full(n, np.nan), np.full(n, np.nan)
+    fin = np.isfinite(a)
+    if fin.all():
+        return a.min(axis=1).astype(np.float64), a.max(axis=1).astype(np.float64)
+    lo = np.where(fin, a, np.inf).min(axis=1).astype(np.float64)
+    hi = np.where(fin, a, -np.inf).max(axis=1).astype(np.float64)
+    empty = ~fin.any(axis=1)
+    lo[empty] = np.nan
+    hi[empty] = np.nan
+    return lo, hi
+
+
+def _channel_range(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.where(np.isnan(lo), 0.0, np.minimum(lo, 0.0))
+    hi = np.where(np.isnan(hi), 0.0, np.maximum(hi, 0.0))
+    return lo, hi
+
+
+def per_channel_minmax(w, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (lo, hi) of a weight tensor along ``axis``, float64 arrays.
+
+    Non-finite values are ignored; each range contains 0; a channel with no finite
+    value gets (0, 0).
+    """
+    a = _as_float(w)
+    if a.ndim == 0:
+        raise ValueError("per_channel_minmax needs a tensor with at least one axis")
+    ax = axis + a.ndim if axis < 0 else axis
+    if not 0 <= ax < a.ndim:
+        raise ValueError(f"axis {axis} is out of range for a weight of rank {a.ndim}")
+    return _channel_range(*_masked_minmax(a, ax))
+
+
+# ---- histogram observers ---------------------------------------------------------------
+
+
+class HistogramObserver(Observer):
+    """Fixed-bin histogram on a 0-anchored grid that coarsens (merges bin pairs) as needed."""
+
+    method = "histogram"
+
+    def __init__(self, bins: int = 2048) -> None:
+        super().__init__()
+        bins = int(bins)
+        if bins < 16:
+            raise CalibrationError(f"histogram bins must be at least 16, got {bins}", "use e.g. bins=2048")
+        self.bins = bins
+        self._w: float | None = None  # bin width
+        self._offset = 0  # global index of _counts[0]
+        self._counts = np.zeros(bins, dtype=np.int64)
+        self._lo_idx: int | None = None  # occupied span (global indices)
+        self._hi_idx: int | None = None
+        self._zeros_pending = 0  # zeros seen before the bin width was known
+
+    def _coarsen(self, k: int) -> None:
+        """Double the bin width k times, merging bins exactly."""
+        if k <= 0:
+            return
+        g = self._offset + np.arange(self.bins, dtype=np.int64)
+        ng = g >> k
+        new_off = int(ng[0])
+        self._counts = np.bincount(ng - new_off, weights=self._counts, minlength=self.bins)[
+            : self.bins
+        ].astype(np.int64)
+        self._offset = new_off
+        self._w *= 2.0**k
+        if self._lo_idx is not None:
+            self._lo_idx >>= k
+            self._hi_idx >>= k
+
+    def _place(self, lo_idx: int, hi_idx: int) -> None:
+        """Move the window so that the occupied span [lo_idx, hi_idx] fits (span <= bins)."""
+        if lo_idx >= self._offset and hi_idx < self._offset + self.bins:
+            return
+        new_off = lo_idx if lo_idx < self._offset else hi_idx - self.bins + 1
+        counts = np.zeros(self.bins, dtype=np.int64)
+        if self._lo_idx is not None:
+            a = self._lo_idx - self._offset
+            b = self._hi_idx - self._offset + 1
+            counts[self._lo_idx - new_off : self._hi_idx - new_off + 1] = self._counts[a:b]
+        self._counts = counts
+        self._offset = new_off
+
+    def _add(self, g: np.ndarray) -> None:
+        gmin, gmax = int(g.min()), int(g.max())
+        lo = gmin if self._lo_idx is None else min(gmin, self._lo_idx)
+        hi = gmax if self._hi_idx is None else max(gmax, self._hi_idx)
+        k = 0
+        while (hi >> k) - (lo >> k) + 1 > self.bins:
+            k += 1
+        if k:
+            self._coarsen(k)
+            g = g >> k
+            lo >>= k
+            hi >>= k
+        self._place(lo, hi)
+        self._lo_idx, self._hi_idx = lo, hi
+        self._counts += np.bincount(g - self._offset, minlength=self.bins)
+
+    def update(self, x) -> "HistogramObserver":
+        v = self._finite(x)
+        if v.size == 0:
+            return self
+        v = v.astype(np.float64, copy=False)
+        if self._w is None:
+            lo = min(float(v.min()), 0.0)
+            hi = max(float(v.max()), 0.0)
+            if hi == lo:  # all zeros: bin width still unknown
+                self._zeros_pending += int(v.size)
+                return self
+            self._w = (hi - lo) / (self.bins - 2)
+            self._offset = math.floor(lo / self._w)
+            if self._zeros_pending:
+                self._add(np.zeros(1, dtype=np.int64))
+                self._counts[-self._offset] += self._zeros_pending - 1
+                self._zeros_pending = 0
+        # coarsen first by the float estimate so that indices stay small
+        vmin, vmax = float(v.min()), float(v.max())
+        lo_f = vmin / self._w if self._lo_idx is None else min(vmin / self._w, self._lo_idx)
+        hi_f = vmax / self._w if self._hi_idx is None else max(vmax / self._w, self._hi_idx + 1)
+        span = hi_f - lo_f
+        if span > 2 * self.bins:
+            self._coarsen(int(math.floor(math.log2(span / self.bins))))
+        g = np.floor(v / self._w).astype(np.int64)
+        self._add(g)
+        return self
+
+    # -- histogram views ----------------------------------------------------------------
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges) of the occupied bins (len(edges) == len(counts) + 1)."""
+        if self._w is None:
+            if self._zeros_pending:
+                return np.array([self._zeros_pending], dtype=np.int64), np.array([0.0, 0.0])
+            return np.zeros(0, dtype=np.int64), np.zeros(1)
+        a = self._lo_idx - self._offset
+        b = self._hi_idx - self._offset + 1
+        edges = (self._lo_idx + np.arange(b - a + 1)) * self._w
+        return self._counts[a:b].copy(), edges
+
+    def _abs_histogram(self) -> tuple[np.ndarray, float]:
+        """Histogram of |x|: counts[k] for [k*w, (k+1)*w); folds the signed bins exactly."""
+        g = self._lo_idx + np.arange(self._hi_idx - self._lo_idx + 1)
+        c = self._counts[self._lo_idx - self._offset : self._hi_idx - self._offset + 1]
+        k = np.where(g >= 0, g, -g - 1)
+        return np.bincount(k, weights=c).astype(np.float64), self._w
+
+    def _quantile(self, q: float) -> float:
+        """Value below which a fraction q of the finite values lie (linear within bins)."""
+        counts, edges = self.histogram()
+        cum = np.cumsum(counts)
+        total = cum[-1]
+        target = q * total
+        i = int(np.searchsorted(cum, target, side="left"))
+        i = min(i, len(counts) - 1)
+        before = cum[i - 1] if i > 0 else 0
+        frac = (target - before) / counts[i] if counts[i] > 0 else 0.0
+        v = edges[i] + frac * (edges[i + 1] - edges[i])
+        return float(min(max(v, self._min), self._max))
+
+    def _abs_quantile(self, q: float) -> float:
+        counts, w = self._abs_histogram()
+        cum = np.cumsum(counts)
+        target = q * cum[-1]
+        i = min(int(np.searchsorted(cum, target, side="left")), len(counts) - 1)
+        before = cum[i - 1] if i > 0 else 0.0
+        frac = (target - before) / counts[i] if counts[i] > 0 else 0.0
+        absmax = max(-self._min, self._max)
+        return float(min((i + frac) * w, absmax))
+
+    def _empty(self) -> bool:
+        return self._w is None  # nothing or only zeros seen
+
+    def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
+        return self._data_range()
+
+
+class PercentileObserver(HistogramObserver):
+    """Range at a percentile of the data (e.g. 99.99).
+
+    Symmetric schemes take the percentile of |x|; affine ones the (100 - p)-th and p-th
+    percentiles of x. The result never exceeds the observed min/max.
+    """
+
+    method = "percentile"
+
+    def __init__(self, percentile: float = 99.99, bins: int = 2048) -> None:
+        super().__init__(bins)
+        p = float(percentile)
+        if not 50.0 < p <= 100.0:
+            raise CalibrationError(
+                f"percentile must be in (50, 100], got {percentile}", "use e.g. percentile=99.99"
+            )
+        self.percentile = p
+
+    def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
+        scheme = scheme or _DEFAULT_SCHEME
+        if self._empty():
+            return 0.0, 0.0
+        if self.percentile == 100.0:
+            return self._data_range()
+        q = self.percentile / 100.0
+        if scheme.symmetric:
+            t = self._abs_quantile(q)
+            return min(max(self._min, -t), 0.0), max(min(self._max, t), 0.0)
+        lo = self._quantile(1.0 - q)
+        hi = self._quantile(q)
+        return min(lo, 0.0), max(hi, 0.0)
+
+
+def _levels(scheme: QuantScheme, one_sided: bool) -> int:
+    """Quantization levels available on one side of zero (or all of them, one-sided affine)."""
+    if scheme.symmetric:
+        zp = scheme.symmetric_zero_point
+        return min(scheme.qmax - zp, zp - scheme.qmin) + 1
+    if one_sided:
+        return scheme.qmax - scheme.qmin + 1
+    return (scheme.qmax - scheme.qmin + 1) // 2
+
+
+class EntropyObserver(HistogramObserver):
+    """Threshold minimising the KL divergence between the data and its quantized version.
+
+    TensorRT-style: on the histogram of |x|, for each candidate threshold i (in bins)
+    the reference P is the first i bins with everything beyond added to the last one,
+    and Q is those i bins merged into L levels (L = levels on one side of zero for the
+    scheme, e.g. 128 for int8; all 256 for one-sided data on an affine uint8 grid) and
+    spread back over the bins that are non-empty; the i with the least KL(P || Q) wins.
+    """
+
+    method = "entropy"
+
+    def __init__(self, bins: int = 2048, max_candidates: int = 1024) -> None:
+        super().__init__(bins)
+        self.max_candidates = int(max_candidates)
+
+    def threshold(self, levels: int) -> float:
+        hist, w = self._abs_histogram()
+        n = len(hist)
+        absmax = max(-self._min, self._max)
+        if n <= levels:
+            return absmax
+        total = hist.sum()
+        tail = total - np.cumsum(hist)  # tail[i-1] = mass beyond the first i bins
+        step = max(1, (n - levels) // self.max_candidates)
+        cands = list(range(levels, n + 1, step))
+        if cands[-1] != n:
+            cands.append(n)
+        best_i, best_kl = n, math.inf
+        for i in cands:
+            h = hist[:i]
+            p = h.copy()
+            p[-1] += tail[i - 1]
+            nz = p > 0
+            edges = (np.arange(levels + 1) * i) // levels
+            starts = edges[:-1]
+            merged = np.add.reduceat(h, starts)
+            nz_cnt = np.add.reduceat(nz.astype(np.float64), starts)
+            per = np.divide(merged, nz_cnt, out=np.zeros_like(merged), where=nz_cnt > 0)
+            q = np.repeat(per, np.diff(edges))
+            q = np.where(nz, q, 0.0)
+            pn = p / p.sum()
+            qs = q.sum()
+            if qs <= 0:
+                continue
+            qn = q / qs
+            # smooth: bins where P has mass but Q has none get a tiny probability
+            qn = np.where(nz & (qn <= 0), 1e-12, qn)
+            kl = float(np.sum(pn[nz] * np.log(pn[nz] / qn[nz])))
+            if kl < best_kl:
+                best_kl, best_i = kl, i
+        return float(min(best_i * w, absmax))
+
+    def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
+        scheme = scheme or _DEFAULT_SCHEME
+        if self._empty():
+            return 0.0, 0.0
+        one_sided = self._min >= 0 or self._max <= 0
+        t = self.threshold(_levels(scheme, one_sided))
+        return min(max(self._min, -t), 0.0), max(min(self._max, t), 0.0)
+
+
+class MSEObserver(HistogramObserver):
+    """Range minimising the expected quantization MSE of the histogram on the scheme's grid.
+
+    Each bin is represented by its centre, weighted by its count; the error of a range is
+    sum(count * (centre - fake_quant(centre))**2) with the scheme's own scale, zero point
+    and [qmin, qmax]. Symmetric schemes and one-sided data search one threshold; two-sided
+    data on an affine scheme alternate between the lower and upper end.
+    """
+
+    method = "mse"
+
+    def __init__(self, bins: int = 2048, candidates: int = 512) -> None:
+        super().__init__(bins)
+        self.candidates = max(16, int(candidates))
+
+    def _errors(self, lo: np.ndarray, hi: np.ndarray, c: np.ndarray, n: np.ndarray, scheme) -> np.ndarray:
+        out = np.empty(lo.shape[0])
+        qmin, qmax = scheme.qmin, scheme.qmax
+        for s in range(0, lo.shape[0], 64):
+            scale, zp = _scale_zero_point(lo[s : s + 64], hi[s : s + 64], scheme)
+            scale = scale.astype(np.float64)[:, None]
+            zp = zp.astype(np.float64)[:, None]
+            q = np.clip(np.rint(c[None, :] / scale) + zp, qmin, qmax)
+            err = (q - zp) * scale - c[None, :]
+            out[s : s + 64] = (err * err) @ n
+        return out
+
+    def _search(self, tmax: float, make, c, n, scheme) -> float:
+        """1-d search of t in (0, tmax] minimising the error of make(t) -> (lo, hi)."""
+        k = self.candidates
+        t = np.unique(
+            np.concatenate([np.linspace(tmax / k, tmax, k), np.geomspace(tmax * 1e-4, tmax, 64)])
+        )
+        e = self._errors(*make(t), c, n, scheme)
+        j = int(np.argmin(e))
+        # refine between the neighbours of the best candidate
+        a = t[j - 1] if j > 0 else t[j] * 0.5
+        b = t[j + 1] if j + 1 < len(t) else t[j]
+        t2 = np.linspace(a, b, 65)
+        e2 = self._errors(*make(t2), c, n, scheme)
+        j2 = int(np.argmin(e2))
+        return float(t2[j2]) if e2[j2] < e[j] else float(t[j])
+
+    def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
+        scheme = scheme or _DEFAULT_SCHEME
+        if self._empty():
+            return 0.0, 0.0
+        counts, edges = self.histogram()
+        keep = counts > 0
+        c = ((edges[:-1] + edges[1:]) * 0.5)[keep]
+        c = np.clip(c, self._min, self._max)
+        n = counts[keep].astype(np.float64)
+        lo0, hi0 = min(self._min, 0.0), max(self._max, 0.0)
+        if scheme.symmetric:
+            absmax = max(-lo0, hi0)
+            t = self._search(absmax, lambda t: (-t, t), c, n, scheme)
+            return max(lo0, -t), min(hi0, t)
+        if lo0 == 0.0:
+            hi = self._search(hi0, lambda t: (np.zeros_like(t), t), c, n, scheme)
+            return 0.0, hi
+        if hi0 == 0.0:
+            t = self._search(-lo0, lambda t: (-t, np.zeros_like(t)), c, n, scheme)
+            return -t, 0.0
+        lo, hi = lo0, hi0
+        for _ in range(3):
+            hi = self._search(hi0, lambda t, lo=lo: (np.full_like(t, lo), t), c, n, scheme)
+            lo = -self._search(-lo0, lambda t, hi=hi: (-t, np.full_like(t, hi)), c, n, scheme)
+        return lo, hi
+
+
+# ---- factory --------------------------------------------------------------------------
+
+OBSERVER_METHODS: dict[str, type[Observer]] = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageObserver,
+    "percentile": PercentileObserver,
+    "entropy": EntropyObserver,
+    "mse": MSEObserver,
+}
+
+
+def make_observer(method: str, **opts) -> Observer:
+    """A new observer: method in minmax, moving_average, percentile, entropy, mse.
+
+    Options: minmax(axis=None); moving_average(momentum=0.9, axis=None);
+    percentile(percentile=99.99, bins=2048); entropy(bins=2048, max_candidates=1024);
+    mse(bins=2048, candidates=512).
+    """
+    key = str(method).lower().replace("-", "_")
+    aliases = {"kl": "entropy", "max": "minmax", "min_max": "minmax", "ema": "moving_average"}
+    key = aliases.get(key, key)
+    cls = OBSERVER_METHODS.get(key)
+    if cls is None:
+        raise CalibrationError(
+            f"unknown calibration method {method!r}",
+            f"use one of {', '.join(OBSERVER_METHODS)}",
+        )
+    try:
+        return cls(**opts)
+    except TypeError as e:
+        raise CalibrationError(
+            f"bad option for calibration method {key!r}: {e}",
+            make_observer.__doc__.split("Options: ")[1].replace("\n", " "),
+        ) from None
