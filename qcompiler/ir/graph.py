@@ -107,7 +107,10 @@ class IR:
 
     # ------------------------------------------------------------------ gateway: creation
     def constant(self, base: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.fresh_name(base), np.ascontiguousarray(values))
+        arr = np.asarray(values)  # np.ascontiguousarray would turn a 0-d scale into shape (1,)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy()
+        return gs.Constant(self.fresh_name(base), arr)
 
     def variable(self, base: str, dtype=None, shape=None) -> gs.Variable:
         return gs.Variable(self.fresh_name(base), dtype=dtype, shape=shape)
