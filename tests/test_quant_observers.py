@@ -167,6 +167,20 @@ def test_histogram_merge_is_exact_and_bounded():
     np.testing.assert_array_equal(counts, np.histogram(x, bins=edges)[0])
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_extreme_dynamic_range(method):
+    obs = make_observer(method)
+    obs.update(np.array([1e-30, -2e-30, 0.0], np.float32))
+    obs.update(np.array([1e30, 5.0], np.float32))
+    obs.update(np.array([-1e-38, 0.0], np.float32))
+    counts, _ = obs.histogram()
+    assert counts.sum() == 7 and len(counts) <= 2048
+    lo, hi = obs.range(INT8)
+    assert float(np.float32(-2e-30)) <= lo <= 0 < hi <= float(np.float32(1e30))
+    assert np.isfinite(compute_qparams(lo, hi, INT8).scale)
+
+
 @pytest.mark.parametrize("p", [99.0, 99.9, 99.99])
 def test_percentile_close_to_numpy(p):
     rng = np.random.default_rng(5)

@@ -87,6 +87,8 @@ class Observer:
         self._count = 0
         self._nan = 0
         self._inf = 0
+        self._batch_min = math.nan  # extremes of the last batch's finite values
+        self._batch_max = math.nan
 
     # -- bookkeeping --------------------------------------------------------------------
 
@@ -107,8 +109,9 @@ class Observer:
                 return a
             mn, mx = a.min(), a.max()
         self._count += int(a.size)
-        self._min = min(self._min, float(mn))
-        self._max = max(self._max, float(mx))
+        self._batch_min, self._batch_max = float(mn), float(mx)
+        self._min = min(self._min, self._batch_min)
+        self._max = max(self._max, self._batch_max)
         return a
 
     @property
@@ -313,7 +316,7 @@ class HistogramObserver(Observer):
         if k <= 0:
             return
         g = self._offset + np.arange(self.bins, dtype=np.int64)
-        ng = g >> k
+        ng = g >> min(k, 63)  # an int64 shifted by 63 is already 0 or -1
         new_off = int(ng[0])
         self._counts = np.bincount(ng - new_off, weights=self._counts, minlength=self.bins)[
             : self.bins
@@ -337,8 +340,8 @@ class HistogramObserver(Observer):
         self._counts = counts
         self._offset = new_off
 
-    def _add(self, g: np.ndarray) -> None:
-        gmin, gmax = int(g.min()), int(g.max())
+    def _add(self, g: np.ndarray, gmin: int, gmax: int) -> None:
+        """Count global bin indices g (gmin/gmax: their min and max)."""
         lo = gmin if self._lo_idx is None else min(gmin, self._lo_idx)
         hi = gmax if self._hi_idx is None else max(gmax, self._hi_idx)
         k = 0
@@ -346,7 +349,7 @@ class HistogramObserver(Observer):
             k += 1
         if k:
             self._coarsen(k)
-            g = g >> k
+            g = g >> min(k, 63)
             lo >>= k
             hi >>= k
         self._place(lo, hi)
@@ -359,26 +362,32 @@ class HistogramObserver(Observer):
             return self
         v = v.astype(np.float64, copy=False)
         if self._w is None:
-            lo = min(float(v.min()), 0.0)
-            hi = max(float(v.max()), 0.0)
+            lo = min(self._batch_min, 0.0)
+            hi = max(self._batch_max, 0.0)
             if hi == lo:  # all zeros: bin width still unknown
                 self._zeros_pending += int(v.size)
                 return self
-            self._w = (hi - lo) / (self.bins - 2)
+            self._w = hi / (self.bins - 2) - lo / (self.bins - 2)  # no overflow
             self._offset = math.floor(lo / self._w)
             if self._zeros_pending:
-                self._add(np.zeros(1, dtype=np.int64))
+                self._add(np.zeros(1, dtype=np.int64), 0, 0)
                 self._counts[-self._offset] += self._zeros_pending - 1
                 self._zeros_pending = 0
         # coarsen first by the float estimate so that indices stay small
-        vmin, vmax = float(v.min()), float(v.max())
-        lo_f = vmin / self._w if self._lo_idx is None else min(vmin / self._w, self._lo_idx)
-        hi_f = vmax / self._w if self._hi_idx is None else max(vmax / self._w, self._hi_idx + 1)
-        span = hi_f - lo_f
-        if span > 2 * self.bins:
-            self._coarsen(int(math.floor(math.log2(span / self.bins))))
+        vmin, vmax = self._batch_min, self._batch_max
+        # (in the log domain: v / w may overflow a float, let alone an int64)
+        ext = max(abs(vmin), abs(vmax))
+        if ext > 0:
+            log_ext = math.log2(ext) - math.log2(self._w)
+            if self._lo_idx is not None:
+                idx_ext = max(abs(self._lo_idx), abs(self._hi_idx) + 1)
+                log_ext = max(log_ext, math.log2(idx_ext))
+            k = int(math.floor(log_ext + 1 - math.log2(self.bins))) - 1  # span <= 2 * ext
+            if k > 0:
+                self._coarsen(k)
         g = np.floor(v / self._w).astype(np.int64)
-        self._add(g)
+        # the same float operations on the extremes give the extreme indices
+        self._add(g, math.floor(vmin / self._w), math.floor(vmax / self._w))
         return self
 
     # -- histogram views ----------------------------------------------------------------
@@ -554,14 +563,15 @@ class MSEObserver(HistogramObserver):
     def _errors(self, lo: np.ndarray, hi: np.ndarray, c: np.ndarray, n: np.ndarray, scheme) -> np.ndarray:
         out = np.empty(lo.shape[0])
         qmin, qmax = scheme.qmin, scheme.qmax
-        for s in range(0, lo.shape[0], 64):
-            scale, zp = _scale_zero_point(lo[s : s + 64], hi[s : s + 64], scheme)
-            scale = scale.astype(np.float64)[:, None]
-            zp = zp.astype(np.float64)[:, None]
-            q = np.clip(np.rint(c[None, :] / scale) + zp, qmin, qmax)
-            err = (q - zp) * scale - c[None, :]
-            out[s : s + 64] = (err * err) @ n
-        return out
+        with np.errstate(over="ignore", invalid="ignore"):
+            for s in range(0, lo.shape[0], 64):
+                scale, zp = _scale_zero_point(lo[s : s + 64], hi[s : s + 64], scheme)
+                scale = scale.astype(np.float64)[:, None]
+                zp = zp.astype(np.float64)[:, None]
+                q = np.clip(np.rint(c[None, :] / scale) + zp, qmin, qmax)
+                err = (q - zp) * scale - c[None, :]
+                out[s : s + 64] = (err * err) @ n
+        return np.where(np.isnan(out), np.inf, out)  # a scale beyond float32 never wins
 
     def _search(self, tmax: float, make, c, n, scheme) -> float:
         """1-d search of t in (0, tmax] minimising the error of make(t) -> (lo, hi)."""
@@ -585,7 +595,7 @@ class MSEObserver(HistogramObserver):
             return 0.0, 0.0
         counts, edges = self.histogram()
         keep = counts > 0
-        c = ((edges[:-1] + edges[1:]) * 0.5)[keep]
+        c = (edges[:-1] * 0.5 + edges[1:] * 0.5)[keep]
         c = np.clip(c, self._min, self._max)
         n = counts[keep].astype(np.float64)
         lo0, hi0 = min(self._min, 0.0), max(self._max, 0.0)
