@@ -319,7 +319,10 @@ class _Resolver:
                         self._where("float", op)
                     self.fail(pos, f"{op} is listed both as float and as {kind}",
                               "an op either stays float or passes quantization through")
-        anchors = {op: pt.name for pt in self.patterns.values() for op in pt.anchor_ops}
+        anchors: dict[str, str] = {}
+        for pt in self.patterns.values():
+            for op in pt.anchor_ops:
+                anchors.setdefault(op, pt.name)
         for op in floats:
             if op in anchors:
                 pos = self._where("float", op)

@@ -95,7 +95,11 @@ def _keyword_terminals() -> dict[str, str]:
 
 def _expected_text(expected: set[str] | frozenset[str]) -> str:
     table = _terminal_text()
-    items = sorted({table.get(name, name) for name in expected}, key=lambda s: (s[0] == "'", s))
+    words = {table.get(name, name) for name in expected}
+    statements = {f"'{kw}'" for kw in N.STATEMENT_KEYWORDS}
+    if statements <= words:  # every statement keyword fits here: say so in two words
+        words = (words - statements) | {"a statement"}
+    items = sorted(words, key=lambda s: (s[0] == "'", s))
     if not items:
         return "something else"
     if len(items) == 1:
@@ -127,7 +131,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> TargetError
         pos = Pos(filename, exc.line, exc.column)
         char = exc.char
         if char == '"':
-            got = "an unterminated string (a description ends on its own line with \")"
+            got = "an unterminated string (close the quote on the same line)"
         elif char.isprintable() and not char.isspace():
             got = f"'{char}'"
         else:
