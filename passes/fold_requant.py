@@ -3,8 +3,8 @@
 DQ -> Q with equal parameters is an identity on the integers: the Q's consumers read
 the DQ's input directly. DQ -> Q with different parameters is one requantization; it is
 kept (ONNX has no single requant op) and counted. Integer lowering for a target
-(fixed-point multipliers) happens in lower-layout / --emit program, and ONNX integer
-operators in the qop exporter.
+(fixed-point multipliers) happens in lower-layout / --emit program; with --emit qop this
+pass also lowers DQ -> op -> Q groups to ONNX integer operators (qcompiler.quant.qop).
 """
 
 from __future__ import annotations
@@ -46,5 +46,11 @@ class FoldRequant(Pass):
                 removed += 1
             else:
                 requants += 1
-        ctx.pass_report(self.name).update(identity_pairs_removed=removed, requantizations=requants)
+        rep = ctx.pass_report(self.name)
+        rep.update(identity_pairs_removed=removed, requantizations=requants)
+        if ctx.option("emit") == "qop":
+            from qcompiler.quant.qop import lower_to_qop
+
+            rep["qop"] = lower_to_qop(ir)
+            return True
         return removed > 0
