@@ -65,12 +65,14 @@ def cli():
 @click.option("--dump-dir", type=click.Path(file_okay=False), help="Write NN-<pass>.onnx/.txt/.diff after every pass.")
 @click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz, or a folder of .npy/.npz/images.")
 @click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Calibration batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Calibration batch size (default: the model's fixed batch, else 1).")
 @click.option("--method", type=click.Choice(["minmax", "moving_average", "percentile", "entropy", "mse"]),
               default="minmax", show_default=True, help="Activation calibration method.")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Percentile for --method percentile.")
-@click.option("--preprocess", type=click.Path(dir_okay=False), help="JSON file with image preprocessing for image folders.")
+@click.option("--preprocess", type=click.Path(dir_okay=False),
+              help="Image preprocessing for image folders: a .json/.toml or key=value file "
+                   "(resize, crop, mean, std, scale, layout, color).")
 @click.option("--emit", type=click.Choice(["qdq", "qop", "program"]), default="qdq", show_default=True,
               help="Output form: QDQ ONNX, ONNX integer ops, or the target-lowered program.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the build report as JSON here.")
@@ -144,12 +146,8 @@ def _calibration_source(model_path, calib, samples, batch_size, preprocess):
     from .calib.specs import input_specs
 
     specs = input_specs(read_model(model_path))
-    pre = None
-    if preprocess:
-        pre = json.loads(Path(preprocess).read_text())
-
     def fresh():
-        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=pre)
+        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=preprocess)
 
     fresh()  # check names, shapes and dtypes up front, before any pass runs
     return fresh
