@@ -207,10 +207,9 @@ class Constraint:
 
     @property
     def variables(self) -> tuple[str, ...]:
-        names = [self.lhs.var]
-        if self.rhs is not None:
-            names.append(self.rhs.var)
-        return tuple(n for n in names if n is not None)
+        if self.rhs is None or self.rhs.var is None:
+            return (self.lhs.var,) if self.lhs.var is not None else ()
+        return (self.lhs.var, self.rhs.var) if self.lhs.var is not None else (self.rhs.var,)
 
     def __str__(self) -> str:
         if self.values is not None:

@@ -278,6 +278,9 @@ class Matcher:
         g = _graph_of(graph) if graph is not None else None
         graph_outputs = {id(t) for t in g.outputs} if g is not None else set()
         excluded = {x if isinstance(x, int) else id(x) for x in (exclude or ())}
+        return self._match(node, graph_outputs, excluded, None)
+
+    def _match(self, node, graph_outputs: set, excluded: set, env_cache: dict | None):
         first = self.steps[0]
         if node.op not in first.ops:
             return Failure(self.name, node, f"{node.op} is not {_ops_text(first)}", 0)
@@ -288,13 +291,16 @@ class Matcher:
         why = self._bind(first, node, None, bindings)
         if why:
             return Failure(self.name, node, why, 1)
-        env = None
-        for c in self.pattern.constraints:
+        if self.pattern.constraints:
+            env = env_cache.get(id(node)) if env_cache is not None else None
             if env is None:
                 env = node_variables(node)
-            why = check_constraint(c, env, _describe_node(node))
-            if why:
-                return Failure(self.name, node, why, 2)
+                if env_cache is not None:
+                    env_cache[id(node)] = env
+            for c in self.pattern.constraints:
+                why = check_constraint(c, env, _describe_node(node))
+                if why:
+                    return Failure(self.name, node, why, 2)
         result = self._chain(1, [node], bindings, graph_outputs, excluded)
         if isinstance(result, str):
             return Failure(self.name, node, result, 3)
@@ -428,12 +434,18 @@ def match_all(ir_or_graph, target: Target) -> tuple[list[Match], dict[str, str]]
     graph = _graph_of(ir_or_graph)
     nodes = list(graph.nodes)
     order = {id(n): i for i, n in enumerate(nodes)}
+    graph_outputs = {id(t) for t in graph.outputs}
     pattern_rank = {p.name: i for i, p in enumerate(target.patterns)}
+    by_op: dict[str, list[Matcher]] = {}
+    for pat in sorted(target.patterns, key=lambda p: -p.benefit):
+        for op in pat.anchor_ops:
+            by_op.setdefault(op, []).append(compile_pattern(pat))
+    env_cache: dict[int, dict] = {}
     candidates: list[Match] = []
     failures: dict[int, list[Failure]] = {}
     for node in nodes:
-        for pat in target.patterns_for(node.op):
-            result = compile_pattern(pat).match(node, graph)
+        for matcher in by_op.get(node.op, ()):
+            result = matcher._match(node, graph_outputs, set(), env_cache)
             if result:
                 candidates.append(result)
             else:
@@ -447,7 +459,8 @@ def match_all(ir_or_graph, target: Target) -> tuple[list[Match], dict[str, str]]
         if id(m.anchor) in taken:
             continue
         if any(id(n) in taken for n in m.nodes):
-            again = compile_pattern(m.pattern_def).match(m.anchor, graph, exclude=taken)
+            again = compile_pattern(m.pattern_def)._match(m.anchor, graph_outputs, taken,
+                                                         env_cache)
             if not again:
                 overlapped.setdefault(id(m.anchor), f"{m.pattern}: {again.reason}")
                 continue
