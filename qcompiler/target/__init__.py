@@ -26,11 +26,21 @@ from qcompiler.target.model import (
     Target,
     Term,
 )
+from qcompiler.target.patterns import (
+    Failure,
+    LayoutChoice,
+    Match,
+    Matcher,
+    choose_layout,
+    compile_pattern,
+    match_all,
+)
 from qcompiler.target.printer import format_target
 
 __all__ = [
     "Constraint", "LayoutRule", "Operand", "PatternDef", "Placement", "Pos", "QuantScheme",
     "Requant", "Step", "Target", "Term",
+    "Failure", "LayoutChoice", "Match", "Matcher", "choose_layout", "compile_pattern", "match_all",
     "format_target", "list_targets", "load_target", "parse_target", "shipped_target_names",
     "shipped_target_path",
 ]

@@ -107,6 +107,19 @@ def _expected_text(expected: set[str] | frozenset[str]) -> str:
     return "one of " + ", ".join(items)
 
 
+def _layout_without_ops(exc: UnexpectedToken) -> bool:
+    """Whether the parser stopped right after `layout LAYOUTNAME` (ops missing)."""
+    try:
+        stack = exc.interactive_parser.parser_state.value_stack  # type: ignore[union-attr]
+    except AttributeError:
+        return False
+    if len(stack) < 2:
+        return False
+    kw, names = stack[-2], stack[-1]
+    return (isinstance(kw, Token) and kw.type == "LAYOUT" and isinstance(names, Tree)
+            and len(names.children) == 1 and str(names.children[0]) in N.LAYOUTS)
+
+
 def _end_pos(text: str, filename: str) -> Pos:
     lines = text.split("\n")
     return Pos(filename, len(lines), len(lines[-1]) + 1)
@@ -126,6 +139,9 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> TargetError
             keywords = _keyword_terminals()
             words = [keywords[t] for t in expected if t in keywords]
             msg += N.did_you_mean(str(tok.value), words)
+        if _layout_without_ops(exc):
+            return error_at(pos, msg, "a layout rule names its ops first, e.g. 'layout Conv "
+                                      "NCHW44 when ic % 4 == 0'; patterns take no layout clause")
         return error_at(pos, msg)
     if isinstance(exc, UnexpectedCharacters):
         pos = Pos(filename, exc.line, exc.column)
