@@ -352,3 +352,17 @@ def test_cuda_layouts():
 def test_x86_layout_is_nchw():
     x86 = load_target("x86")
     assert choose_layout(x86, node(conv_graph(ic=32, oc=64), "conv0")).layout == "NCHW"
+
+
+def test_dequantized_constant_weight_counts_as_constant(simple):
+    wq = numpy_helper.from_array(np.ones((8, 8, 3, 3), np.int8), "Wq")
+    sc = numpy_helper.from_array(np.array(0.1, np.float32), "ws")
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "ws"], ["W"], name="dq_w"),
+             helper.make_node("Conv", ["x", "W"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="act0")]
+    g = _graph(nodes, [_vi("x", [1, 8, 8, 8])], [_vi("y")], [wq, sc])
+    m = compile_pattern(simple.pattern("conv_act")).match(node(g, "conv0"), g)
+    assert [n.name for n in m.nodes] == ["conv0", "act0"]
+    assert node_variables(node(g, "conv0"))["ic"] == 8
+    matches, reasons = match_all(g, simple)
+    assert "dq_w" not in reasons  # Q/DQ nodes are never listed as failures

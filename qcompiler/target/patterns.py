@@ -93,12 +93,29 @@ def _producer(t):
     return ins[0] if ins else None
 
 
-def is_const(t) -> bool:
-    """A gs.Constant, or the output of an ONNX Constant node."""
+# ops whose output is a compile-time constant when all their inputs are
+_CONST_PRESERVING = frozenset({"DequantizeLinear", "Identity", "Cast"})
+
+
+def _const_root(t, depth: int = 0):
+    """The gs.Constant (or Constant node) a tensor folds down to, or None."""
     if isinstance(t, gs.Constant):
-        return True
+        return t
     prod = _producer(t)
-    return prod is not None and prod.op == "Constant"
+    if prod is None or depth > 8:
+        return None
+    if prod.op == "Constant":
+        return prod
+    if prod.op in _CONST_PRESERVING and prod.inputs and all(
+            _const_root(i, depth + 1) is not None for i in prod.inputs if _present(i)):
+        return _const_root(prod.inputs[0], depth + 1)
+    return None
+
+
+def is_const(t) -> bool:
+    """A compile-time constant: a gs.Constant, a Constant node's output, or a
+    DequantizeLinear / Identity / Cast of constants (a quantized weight in a Q/DQ graph)."""
+    return _const_root(t) is not None
 
 
 def tensor_shape(t) -> tuple[int, ...] | None:
@@ -106,15 +123,14 @@ def tensor_shape(t) -> tuple[int, ...] | None:
     if t is None:
         return None
     shape = None
-    if isinstance(t, gs.Constant):
+    if getattr(t, "shape", None) is not None:
         shape = tuple(t.shape)
-    else:
-        prod = _producer(t)
-        if prod is not None and prod.op == "Constant" and "value" in prod.attrs:
-            value = prod.attrs["value"]
-            shape = tuple(getattr(value, "shape", ()) or ())
-        elif getattr(t, "shape", None) is not None:
-            shape = tuple(t.shape)
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        root = _const_root(t)
+        if isinstance(root, gs.Constant):
+            shape = tuple(root.shape)
+        elif root is not None and "value" in root.attrs:  # a Constant node
+            shape = tuple(getattr(root.attrs["value"], "shape", ()) or ())
     if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
         return None
     return shape
