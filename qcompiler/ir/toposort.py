@@ -61,8 +61,9 @@ def toposort_nodes(graph: gs.Graph) -> List[gs.Node]:
 def outer_inputs(node: gs.Node) -> List[gs.Tensor]:
     """Tensors of the enclosing graph that a node's subgraphs (If/Loop/Scan) read."""
     out: List[gs.Tensor] = []
-    for sub in node.subgraphs():
-        out.extend(sub._foreign_tensors().values())
+    for value in node.attrs.values():  # what node.subgraphs() yields, without its per-call overhead
+        if isinstance(value, gs.Graph):
+            out.extend(value._foreign_tensors().values())
     return out
 
 
