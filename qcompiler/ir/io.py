@@ -226,7 +226,10 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
     try:
         if use_ext:
             tmp_ext = parent / f".{ext_name}.tmp"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+            # onnx moves the tensors out of the proto it saves: save a copy, not the caller's model.
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_ext.name, size_threshold=1024)
             # The proto names the final data file; rename both into place.
             m = onnx.load(tmp, load_external_data=False)
