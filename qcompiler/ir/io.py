@@ -202,6 +202,13 @@ def model_size(model: onnx.ModelProto) -> int:
     return data + sum(n.ByteSize() for n in model.graph.node)
 
 
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file: 0666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: bool = False,
                external_data: bool | None = None) -> Path:
     """Write atomically: temporary file in the target folder, then rename into place.
@@ -221,6 +228,7 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
     use_ext = external_data if external_data is not None else model_size(model) > TWO_GB
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the output the usual mode
     ext_name = out.name + ".data"
     tmp_ext = None
     try:
