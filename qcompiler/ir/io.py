@@ -251,9 +251,12 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
         else:
             onnx.save_model(model, tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         for f in (tmp, tmp_ext):
             if f is not None and os.path.exists(f):
                 os.unlink(f)
+        if isinstance(e, OSError) and e.errno is not None:  # disk full, quota, I/O error: not a bug
+            raise UsageError(f"cannot write output '{out}': {e.strerror}",
+                             "free some space or choose another output path") from None
         raise
     return out
