@@ -310,3 +310,9 @@ def test_write_your_own_target_walkthrough(tmp_path):
     # the doc shows exactly these edits
     doc = DOC.read_text()
     assert "requant    float_scale" in doc and "target mychip" in doc
+
+
+def test_load_target_passes_a_target_through():
+    t = load_target("cuda")
+    assert load_target(t) is t
+    assert hash(t) == hash(parse_target(format_target(t)))

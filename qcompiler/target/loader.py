@@ -90,8 +90,13 @@ def _looks_like_path(text: str) -> bool:
 # --------------------------------------------------------------------------- public API
 
 
-def load_target(name_or_path: str | os.PathLike) -> Target:
-    """Load a target: a shipped name ("arm64") or a path to a .qtarget file."""
+def load_target(name_or_path: "str | os.PathLike | Target") -> Target:
+    """Load a target: a shipped name ("arm64") or a path to a .qtarget file.
+
+    A Target passed in is returned as it is. Raises TargetError (one line) on any problem.
+    """
+    if isinstance(name_or_path, Target):
+        return name_or_path
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(str(name_or_path)):
         label = os.fspath(name_or_path)
         path = Path(label)
