@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -91,6 +92,9 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     out = Path(output) if output else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
     _check_output(model_path, out, force)
+    report = Path(report_path) if report_path else None
+    if report is not None:
+        _check_report(report, out, [model_path, calib, target, preprocess, *plugin], force)
     calib_fn = None
     if calib is not None:
         calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
@@ -99,9 +103,18 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     result = build(model_path, target=target, pipeline=pipeline.split(",") if pipeline else None,
                    add_passes=add_pass, plugins=plugin, calib=calib_fn, dump_dir=dump_dir,
                    options=options, keep_going=keep_going, echo=echo)
-    save_model(result.model, out, force=force)
-    if report_path:
-        _write_text_atomic(Path(report_path), json.dumps(result.report, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    report_tmp = None
+    try:
+        if report is not None:  # written first, renamed into place only once the model is saved
+            report_tmp = _write_temp(report, json.dumps(result.report, indent=2, sort_keys=True,
+                                                        default=_jsonable) + "\n")
+        save_model(result.model, out, force=force)
+        if report_tmp is not None:
+            os.replace(report_tmp, report)
+            report_tmp = None
+    finally:
+        if report_tmp is not None and report_tmp.exists():
+            report_tmp.unlink()
     if not quiet:
         from .report import summarize
 
@@ -134,10 +147,45 @@ def _check_output(model_path: Path, out: Path, force: bool) -> None:
         raise UsageError(f"output folder '{parent}' is not writable", "choose another output path")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_report(report: Path, out: Path, inputs, force: bool) -> None:
+    """The --report path: never an input, never the output model, --force to overwrite."""
+    if report.is_dir():
+        raise UsageError(f"report '{report}' is a folder", "give a file name for --report")
+    model, *others = inputs
+    if _same_file(report, Path(model)):
+        raise UsageError(f"report '{report}' is the input model", "choose another --report path")
+    for i in others:
+        if i and _same_file(report, Path(i)):
+            raise UsageError(f"report '{report}' is an input of the build" + (f" ('{i}')" if str(i) != str(report) else ""),
+                             "choose another --report path")
+    if os.path.abspath(report) == os.path.abspath(out) or _same_file(report, out):
+        raise UsageError(f"--report and the output model are the same file '{report}'",
+                         "choose another --report path")
+    if report.exists() and not force:
+        raise UsageError(f"report '{report}' already exists", "pass --force to overwrite it")
+    parent = report.parent if str(report.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"report folder '{parent}' does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"report folder '{parent}' is not writable", "choose another --report path")
+
+
+def _write_temp(path: Path, text: str) -> Path:
+    """Write text to a temporary file next to `path` and return it (the caller renames it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    from .ir.io import default_file_mode
+
+    os.chmod(tmp, default_file_mode())
+    return Path(tmp)
 
 
 def _calibration_source(model_path, calib, samples, batch_size, preprocess):
