@@ -91,10 +91,11 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
         target = "x86"
     out = Path(output) if output else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
-    _check_output(model_path, out, force)
+    inputs = [model_path, calib, target, preprocess, *plugin]
+    _check_output(model_path, out, force, inputs[1:])
     report = Path(report_path) if report_path else None
     if report is not None:
-        _check_report(report, out, [model_path, calib, target, preprocess, *plugin], force)
+        _check_report(report, out, inputs, force)
     calib_fn = None
     if calib is not None:
         calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
@@ -135,9 +136,13 @@ def _jsonable(o):
     return str(o)
 
 
-def _check_output(model_path: Path, out: Path, force: bool) -> None:
+def _check_output(model_path: Path, out: Path, force: bool, other_inputs=()) -> None:
     if model_path.exists() and out.exists() and os.path.samefile(model_path, out):
         raise UsageError(f"output '{out}' is the input model", "choose another -o path; the input is never overwritten")
+    for i in other_inputs:
+        if i and _same_file(out, Path(i)):
+            raise UsageError(f"output '{out}' is an input of the build" + (f" ('{i}')" if str(i) != str(out) else ""),
+                             "choose another -o path; inputs are never overwritten")
     if out.exists() and not force:
         raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")
     parent = out.parent if str(out.parent) else Path(".")
