@@ -314,7 +314,8 @@ def main(argv=None) -> int:
         _echo_err("error: aborted")
         return 130
     except click.ClickException as e:
-        _echo_err(f"error: {e.format_message()} (see 'qcompiler {args[0] if args else ''} --help')".replace("  ", " "))
+        command = args[0] if args and args[0] in cli.commands else ""
+        _echo_err(f"error: {e.format_message()} (see 'qcompiler {command} --help')".replace("  ", " "))
         return 2
     except KeyboardInterrupt:
         _echo_err("error: interrupted")
