@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 
 import onnx
 
-from .errors import PipelineError
+from .errors import ModelError, PipelineError, VerifyError
 from .ir import IR, ir_to_model, load_ir, read_model
 from .pipeline import Context, PassManager, build_pipeline, load_plugin
 from .pipeline.dumps import DumpInstrument, ProgressInstrument
@@ -60,6 +60,7 @@ def build(
     passes = build_pipeline(names, add_passes, pass_options)
     source = model if isinstance(model, onnx.ModelProto) else read_model(model)
     ir = load_ir(source)
+    _verify_input(ir)
     calib_part, eval_part = split_holdout(calib)
     ctx = Context(target=tgt, options=dict(options or {}), calib=calib_part)
     ctx.report["pipeline"] = [p.name for p in passes]
@@ -76,6 +77,14 @@ def build(
     if "quant_plan" in ir.ann.notes:
         _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part)
     return BuildResult(model=out, ir=ir, report=ctx.report, target=tgt)
+
+
+def _verify_input(ir: IR) -> None:
+    """A broken input graph (a cycle, ...) is the model's fault, not the first pass's."""
+    try:
+        ir.verify()
+    except VerifyError as e:
+        raise ModelError(f"the input model is not a valid graph: {e.message}", e.hint) from None
 
 
 def split_holdout(calib, every: int = 10):
