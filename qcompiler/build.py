@@ -119,9 +119,30 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
     first = next(iter(eval_source()), None)
     r["macs"] = rpt.int8_mac_share(int8, plan, first)
     if ctx.option("evaluate", True):
-        acc = rpt.output_error(fp32, int8, eval_source())
+        acc = rpt.output_error(_unique_node_names(fp32), int8, eval_source())
         acc["held_out"] = eval_source is not ctx.calib
         r["accuracy"] = acc
+
+
+def _unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX allows repeated node names but ONNX Runtime refuses them: give the FP32
+    reference run a copy with unique names (the IR renames its nodes the same way)."""
+    names = [n.name for n in model.graph.node if n.name]
+    if len(names) == len(set(names)):
+        return model
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    seen = set(names)
+    kept = set()
+    for i, node in enumerate(ref.graph.node):
+        if node.name and node.name in kept:
+            k = i
+            while f"{node.name}_{k}" in seen:
+                k += 1
+            node.name = f"{node.name}_{k}"
+            seen.add(node.name)
+        kept.add(node.name)
+    return ref
 
 
 def require_calibration(ctx: Context, who: str) -> Callable[[], Iterable[dict]]:
