@@ -22,6 +22,7 @@ class FoldBatchNorm(Pass):
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
         folded, standalone, kept = 0, 0, []
+        dead: dict = {}  # id -> folded BN, all removed at once below (remove_node is O(nodes) each)
         for bn in [n for n in ir.graph.nodes if n.op == "BatchNormalization" and n.domain in ("", None)]:
             ab = _bn_affine(ir, bn)
             if ab is None:
@@ -29,12 +30,13 @@ class FoldBatchNorm(Pass):
                 ir.ann.float_reasons[bn.name] = "BatchNormalization in training mode or with non-constant statistics"
                 continue
             a, b = ab
-            if _fold_into_producer(ir, bn, a, b):
+            if _fold_into_producer(ir, bn, a, b, dead):
                 folded += 1
-            elif _to_mul_add(ir, bn, a, b):
+            elif _to_mul_add(ir, bn, a, b, dead):
                 standalone += 1
             else:
                 kept.append(bn.name)
+        ir.remove_nodes(dead.values())
         rep.update(folded=folded, to_mul_add=standalone, kept=kept)
         return folded + standalone > 0
 
@@ -54,14 +56,15 @@ def _bn_affine(ir, bn) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     return a, b
 
 
-def _single_use(ir, t) -> bool:
-    return len(t.outputs) == 1 and not ir.is_graph_output(t)
+def _single_use(ir, t, dead) -> bool:
+    # BNs already folded in this run still read t until they are removed at the end.
+    return sum(1 for c in t.outputs if id(c) not in dead) == 1 and not ir.is_graph_output(t)
 
 
-def _fold_into_producer(ir, bn, a, b) -> bool:
+def _fold_into_producer(ir, bn, a, b, dead) -> bool:
     x = bn.inputs[0]
     p = ir.producer(x)
-    if p is None or not _single_use(ir, x) or p.domain not in ("", None):
+    if p is None or not _single_use(ir, x, dead) or p.domain not in ("", None):
         return False
     if p.op in ("Conv", "ConvTranspose"):
         w = ir.const_value(p.inputs[1]) if len(p.inputs) > 1 else None
@@ -116,7 +119,7 @@ def _fold_into_producer(ir, bn, a, b) -> bool:
         mm_out = p.outputs[0]
         add_out = ir.variable(f"{p.name}_biased", dtype=mm_out.dtype, shape=mm_out.shape)
         ir.replace_uses(bn.outputs[0], add_out)
-        ir.remove_node(bn)
+        dead[id(bn)] = bn
         ir.add_node("Add", [mm_out, bias], [add_out], name=f"{p.name}_bias")
         return True
     else:
@@ -124,7 +127,7 @@ def _fold_into_producer(ir, bn, a, b) -> bool:
     # The weighted op now produces what BN produced.
     out = bn.outputs[0]
     ir.replace_uses(out, p.outputs[0])
-    ir.remove_node(bn)
+    dead[id(bn)] = bn
     return True
 
 
@@ -140,7 +143,7 @@ def _bias_of(ir, node, index, size, dtype) -> np.ndarray:
     return np.zeros(size, dtype=np.float64)
 
 
-def _to_mul_add(ir, bn, a, b) -> bool:
+def _to_mul_add(ir, bn, a, b, dead) -> bool:
     x = bn.inputs[0]
     rank = len(x.shape) if x.shape is not None else None
     if rank is None or rank < 2:
@@ -151,7 +154,7 @@ def _to_mul_add(ir, bn, a, b) -> bool:
     mul_out = ir.variable(f"{bn.name}_scaled", dtype=x.dtype, shape=x.shape)
     new_out = ir.variable(f"{bn.name}_shifted", dtype=out.dtype, shape=out.shape)
     ir.replace_uses(out, new_out)
-    ir.remove_node(bn)
+    dead[id(bn)] = bn
     ir.add_node("Mul", [x, ir.constant(f"{bn.name}_a", a.reshape(shape).astype(dtype))], [mul_out],
                 name=f"{bn.name}_mul")
     ir.add_node("Add", [mul_out, ir.constant(f"{bn.name}_b", b.reshape(shape).astype(dtype))], [new_out],
