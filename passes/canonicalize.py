@@ -129,7 +129,21 @@ def _remove_identities(ir) -> int:
     return count
 
 
+def _nothing_to_fold(ir) -> bool:
+    """No node can fold: none reads only constants, and there is no Shape/Size (shape folding),
+    Cast (cast elision) or subgraph node. gs.fold_constants copies the whole graph before it
+    looks, which dominates this pass on large graphs that have nothing to fold."""
+    for node in ir.graph.nodes:
+        if node.op in ("Shape", "Size", "Cast") or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            return False
+        if node.op not in NEVER_FOLD and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+            return False
+    return True
+
+
 def _fold_constants(ir) -> int:
+    if _nothing_to_fold(ir):
+        return 0
     before = sum(1 for n in ir.graph.nodes)
     ir.toposort()  # gs folding needs sorted nodes; this is the one pass that folds
     level = gs.logger.G_LOGGER.severity
