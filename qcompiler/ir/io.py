@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
@@ -160,6 +161,7 @@ def load_ir(source: Union[str, os.PathLike, onnx.ModelProto]) -> IR:
 
 def ir_to_model(ir: IR) -> onnx.ModelProto:
     g = ir.graph
+    _pack_4bit_constants(g)
     model = gs.export_onnx(g, do_type_check=False)
     meta = ir.model_meta
     imports = dict(meta.get("opset_imports", {}))
@@ -183,6 +185,20 @@ def ir_to_model(ir: IR) -> onnx.ModelProto:
     for k, v in sorted(meta.get("metadata_props", {}).items()):
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     return model
+
+
+def _pack_4bit_constants(g: gs.Graph) -> None:
+    """int4/uint4 constants whose values were read (ml_dtypes arrays, one byte per value)
+    go back to ONNX tensors: gs 0.6 would export their bytes unpacked and fail."""
+    for node in g.nodes:
+        for t in node.inputs:
+            if not isinstance(t, gs.Constant) or isinstance(t._values, gs.ir.tensor.LazyValues):
+                continue
+            name = getattr(t._values, "dtype", None)
+            if name is not None and str(name) in ("int4", "uint4"):
+                from onnx import numpy_helper
+
+                t._values = gs.ir.tensor.LazyValues(numpy_helper.from_array(np.asarray(t._values), t.name))
 
 
 def _min_ir_version(opset: int) -> int:
