@@ -15,6 +15,7 @@ import numpy as np
 
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import Plan
+from qcompiler.advanced.precision import apply_precision, weight_codes
 from qcompiler.quant.qparams import QParams, quantize
 
 
@@ -25,6 +26,7 @@ class PlaceQDQ(Pass):
     def run(self, ir, ctx) -> bool:
         plan = Plan.from_json(ir.ann.notes["quant_plan"])
         target = ctx.target
+        apply_precision(ir, ctx, plan)  # int4 weights / int16 activations where asked and allowed
         rounding = "half_to_even"  # ONNX QuantizeLinear semantics; lowering applies the target's own
         per_consumer = bool(target.placement.qdq_per_consumer)
         tensors = ir.tensors()
@@ -54,10 +56,10 @@ class PlaceQDQ(Pass):
 
 def _qdq(ir, src, qp: QParams, base: str):
     scale = ir.constant(f"{base}_scale", np.asarray(qp.scale, dtype=np.float32))
-    zp = ir.constant(f"{base}_zero_point", np.asarray(qp.zero_point))
+    zp = ir.constant(f"{base}_zero_point", _storage(qp.zero_point, qp))
     attrs = {"axis": qp.axis} if qp.axis is not None else {}
     q = ir.add_node("QuantizeLinear", [src, scale, zp], attrs=attrs, name=f"{base}_Q",
-                    out_dtype=qp.np_dtype, out_shape=src.shape)
+                    out_dtype=zp.values.dtype, out_shape=src.shape)
     dq = ir.add_node("DequantizeLinear", [q.outputs[0], scale, zp], attrs=attrs, name=f"{base}_DQ",
                      out_dtype=src.dtype or np.float32, out_shape=src.shape)
     return dq.outputs[0]
@@ -65,13 +67,23 @@ def _qdq(ir, src, qp: QParams, base: str):
 
 def _dq_const(ir, values: np.ndarray, qp: QParams, base: str):
     """An integer initializer behind a DequantizeLinear; returns the DQ output."""
-    q = ir.constant(f"{base}_quantized", values)
+    q = ir.constant(f"{base}_quantized", _storage(values, qp))
     scale = ir.constant(f"{base}_scale", np.asarray(qp.scale, dtype=np.float32))
-    zp = ir.constant(f"{base}_zero_point", np.asarray(qp.zero_point))
+    zp = ir.constant(f"{base}_zero_point", _storage(qp.zero_point, qp))
     attrs = {"axis": qp.axis} if qp.axis is not None else {}
     dq = ir.add_node("DequantizeLinear", [q, scale, zp], attrs=attrs, name=f"{base}_DQ",
                      out_dtype=np.float32, out_shape=tuple(values.shape))
     return dq.outputs[0]
+
+
+def _storage(values, qp: QParams) -> np.ndarray:
+    """Integer values in the ONNX type of qp (int4/uint4 as ml_dtypes, which the IR packs)."""
+    arr = np.asarray(values)
+    if qp.dtype in ("int4", "uint4"):
+        import ml_dtypes
+
+        return arr.astype(ml_dtypes.int4 if qp.dtype == "int4" else ml_dtypes.uint4)
+    return arr
 
 
 def _quantize_params(ir, plan: Plan, target, rounding: str):
@@ -86,7 +98,9 @@ def _quantize_params(ir, plan: Plan, target, rounding: str):
         w = ir.const_value(w_t)
         wqp = ir.ann.qparams[k.weight]
         if k.weight not in done:
-            done[k.weight] = _dq_const(ir, quantize(w, wqp, rounding), wqp, k.weight)
+            codes = weight_codes(ir, k.weight, w, wqp)  # chosen by AdaRound or int4 precision
+            codes = quantize(w, wqp, rounding) if codes is None else codes
+            done[k.weight] = _dq_const(ir, codes, wqp, k.weight)
             weights += 1
         ir.set_input(anchor, 1, done[k.weight])
         x = k.inputs[0] if k.inputs else None
