@@ -95,7 +95,7 @@ class PassManager:
         for inst in self.instruments:
             inst.start(ir, self.pipeline)
         for index, p in enumerate(self.pipeline, 1):
-            snapshot = copy.deepcopy(ir) if self.keep_going else None
+            snapshot = _snapshot(ir) if self.keep_going else None
             t0 = time.perf_counter()
             try:
                 changed = bool(p.run(ir, ctx))
@@ -122,6 +122,22 @@ class PassManager:
             inst.finish(ir, self.timings)
         ctx.report["pass_timings"] = self.timings
         return ir
+
+
+def _snapshot(ir):
+    """A copy of the IR to restore after a failed pass (--keep-going).
+
+    copy.deepcopy cannot copy a gs.Graph (its __getattr__ recurses while the copy is
+    half built); gs's own Graph.copy() copies nodes and tensors, sharing weight arrays,
+    which passes replace rather than edit in place.
+    """
+    snap = copy.copy(ir)
+    snap.graph = ir.graph.copy()
+    snap.ann = copy.deepcopy(ir.ann)
+    snap.model_meta = copy.deepcopy(ir.model_meta)
+    snap._names = set(ir._names)
+    snap._counter = dict(ir._counter)
+    return snap
 
 
 def _as_pass_error(p: Pass, e: Exception) -> PassError:
