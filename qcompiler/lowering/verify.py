@@ -1,0 +1,337 @@
+"""Verification: the lowered program against its QDQ model in ONNX Runtime.
+
+    report = verify_program(prog, "model.qdq.onnx", inputs)
+    print(report.format())
+
+Per output it reports the share of elements exactly equal, the share within one
+quantization step (the scale of the output's last quantization), the largest difference
+in steps; and a task check: the argmax agreement of a classifier output ([N, classes]),
+or the agreement of a probability map ([N, 1, H, W]) thresholded at 0.3.
+
+The reference runs ONNX Runtime with graph optimizations disabled by default: every
+DequantizeLinear -> op -> QuantizeLinear then runs exactly as the QDQ model says (float
+op, then round half to even). ORT's fused int8 kernels (QLinearConv ...) are not a
+faithful reference on x86 CPUs without VNNI, where the u8 x s8 multiply (vpmaddubsw) adds
+pairs of products in saturating int16 and full 8-bit weights overflow it; pass
+ort_optimization="all" to compare against them anyway (exact with 7-bit weights).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from ..errors import UsageError
+from .interpreter import run_program
+from .program import DOMAIN, Program
+
+__all__ = ["OutputAgreement", "VerifyReport", "verify_program", "output_steps", "ort_session", "load_inputs"]
+
+PROB_THRESHOLD = 0.3
+
+
+@dataclass
+class OutputAgreement:
+    name: str
+    elements: int = 0
+    exact: int = 0
+    within_one: int = 0
+    max_steps: float = 0.0
+    max_abs: float = 0.0
+    step: Optional[float] = None
+
+    @property
+    def exact_share(self) -> float:
+        return self.exact / self.elements if self.elements else 1.0
+
+    @property
+    def within_one_share(self) -> float:
+        return self.within_one / self.elements if self.elements else 1.0
+
+
+@dataclass
+class TensorAgreement:
+    """Layer-wise: one integer tensor of the program, computed from reference inputs."""
+
+    name: str
+    elements: int = 0
+    within_one: int = 0
+    exact: int = 0
+    max_steps: int = 0
+
+    @property
+    def within_one_share(self) -> float:
+        return self.within_one / self.elements if self.elements else 1.0
+
+
+@dataclass
+class VerifyReport:
+    outputs: List[OutputAgreement] = field(default_factory=list)
+    task: str = "none"  # "argmax" | "prob_map" | "none"
+    task_agree: int = 0
+    task_total: int = 0
+    samples: int = 0
+    program_seconds: float = 0.0
+    reference: str = "onnxruntime (optimizations disabled)"
+    layers: List[TensorAgreement] = field(default_factory=list)
+
+    @property
+    def task_rate(self) -> Optional[float]:
+        return self.task_agree / self.task_total if self.task_total else None
+
+    @property
+    def within_one_share(self) -> float:
+        tot = sum(o.elements for o in self.outputs)
+        return sum(o.within_one for o in self.outputs) / tot if tot else 1.0
+
+    def ok(self, within_one: float = 0.999, task: float = 1.0) -> bool:
+        if self.within_one_share < within_one:
+            return False
+        return self.task_rate is None or self.task_rate >= task
+
+    def to_json(self) -> dict:
+        return {
+            "samples": self.samples, "reference": self.reference,
+            "program_seconds_per_sample": self.program_seconds / max(1, self.samples),
+            "outputs": [{"name": o.name, "elements": o.elements, "exact_share": o.exact_share,
+                         "within_one_step_share": o.within_one_share, "max_diff_steps": o.max_steps,
+                         "max_abs_diff": o.max_abs, "step": o.step} for o in self.outputs],
+            "task": self.task, "task_agreement": self.task_rate,
+            "layerwise": None if not self.layers else {
+                "tensors": len(self.layers),
+                "min_within_one_step_share": min(t.within_one_share for t in self.layers),
+                "max_diff_steps": max(t.max_steps for t in self.layers),
+                "exact_share": sum(t.exact for t in self.layers) / max(1, sum(t.elements for t in self.layers)),
+            },
+        }
+
+    def format(self) -> str:
+        lines = [f"verified {self.samples} sample(s) against {self.reference}; program "
+                 f"{self.program_seconds / max(1, self.samples):.3f} s per sample"]
+        for o in self.outputs:
+            step = f"step {o.step:.4g}" if o.step else "float output (step = 1e-3 abs)"
+            lines.append(f"  {o.name}: {o.elements} elements, exact {100 * o.exact_share:.2f}%, within one "
+                         f"step {100 * o.within_one_share:.2f}%, max {o.max_steps:.1f} steps ({step}, max abs "
+                         f"{o.max_abs:.4g})")
+        if self.layers:
+            worst = min(self.layers, key=lambda t: t.within_one_share)
+            tot = sum(t.elements for t in self.layers)
+            lines.append(f"  layer-wise ({len(self.layers)} integer tensors, each computed from reference inputs): "
+                         f"exact {100 * sum(t.exact for t in self.layers) / max(1, tot):.3f}%, max "
+                         f"{max(t.max_steps for t in self.layers)} steps, worst within one step "
+                         f"{100 * worst.within_one_share:.3f}% ({worst.name})")
+        if self.task_rate is not None:
+            what = "argmax equal" if self.task == "argmax" else f"probability > {PROB_THRESHOLD} equal"
+            lines.append(f"  task: {what} on {100 * self.task_rate:.2f}% ({self.task_agree}/{self.task_total})")
+        return "\n".join(lines)
+
+
+def output_steps(prog: Program) -> Dict[str, Optional[float]]:
+    """The quantization step of each program output: the scale of the Dequantize that
+    produces it (through Identity / layout conversions); None for float results."""
+    producer = {}
+    for n in prog.nodes:
+        for o in n.outputs:
+            producer[o] = n
+    steps = {}
+    for out in prog.outputs:
+        name, step = out, None
+        for _ in range(8):
+            n = producer.get(name)
+            if n is None:
+                break
+            if n.domain == DOMAIN and n.op == "Dequantize":
+                step = float(n.attrs["scale"])
+                break
+            if (n.domain == DOMAIN and n.op == "LayoutConvert") or (n.domain in ("", None) and n.op == "Identity"):
+                name = n.inputs[0]
+                continue
+            info = prog.tensors.get(name)
+            if info is not None and info.scale is not None:
+                step = float(info.scale)
+            break
+        steps[out] = step
+    return steps
+
+
+def ort_session(model: Union[str, onnx.ModelProto], optimization: str = "disabled"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if optimization not in levels:
+        raise UsageError(f"unknown ORT optimization level '{optimization}'", f"use one of {', '.join(levels)}")
+    so.graph_optimization_level = levels[optimization]
+    so.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _as_batches(inputs, input_names: Sequence[str]) -> List[Dict[str, np.ndarray]]:
+    if isinstance(inputs, np.ndarray):
+        if len(input_names) != 1:
+            raise UsageError(f"the model has {len(input_names)} inputs; give a dict of arrays",
+                             f"inputs: {', '.join(input_names)}")
+        return [{input_names[0]: inputs}]
+    if isinstance(inputs, Mapping):
+        return [dict(inputs)]
+    batches = []
+    for item in inputs:
+        batches.extend(_as_batches(item, input_names))
+    return batches
+
+
+def load_inputs(path: str, input_names: Sequence[str]) -> List[Dict[str, np.ndarray]]:
+    """Input batches from a .npy / .npz file or a folder of them (sorted by name).
+
+    A .npy holds the single input (a leading sample axis is kept as the batch); a .npz
+    holds arrays named after the inputs (or one array for a one-input model).
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"input data '{p}' does not exist", "give a .npy/.npz file or a folder of them")
+    files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz")) if p.is_dir() else [p]
+    if not files:
+        raise UsageError(f"folder '{p}' holds no .npy or .npz files", "put the input arrays there")
+    batches = []
+    for f in files:
+        try:
+            data = np.load(f, allow_pickle=False)
+        except Exception as e:
+            raise UsageError(f"cannot read '{f}': {type(e).__name__}", "save inputs with numpy.save / savez") from None
+        if isinstance(data, np.ndarray):
+            if len(input_names) != 1:
+                raise UsageError(f"'{f}' holds one array but the model has {len(input_names)} inputs",
+                                 "use a .npz with one array per input name")
+            batches.append({input_names[0]: data})
+        else:
+            keys = list(data.keys())
+            if len(input_names) == 1 and len(keys) == 1:
+                batches.append({input_names[0]: data[keys[0]]})
+            else:
+                missing = [n for n in input_names if n not in keys]
+                if missing:
+                    raise UsageError(f"'{f}' has no array named '{missing[0]}'",
+                                     f"name the arrays after the inputs: {', '.join(input_names)}")
+                batches.append({n: data[n] for n in input_names})
+    return batches
+
+
+def _task_kind(arr: np.ndarray, task: str) -> str:
+    if task != "auto":
+        return task
+    if arr.ndim == 2 and arr.shape[1] > 1:
+        return "argmax"
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        return "prob_map"
+    return "none"
+
+
+def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs, task: str = "auto",
+                   ort_optimization: str = "disabled", layerwise: bool = False) -> VerifyReport:
+    """Run `prog` and `qdq_model` (ONNX Runtime) on the same inputs and compare.
+
+    inputs: a dict {name: array}, one array (one-input models), or an iterable of them.
+    task: "auto" (argmax for [N, classes] outputs, thresholded map for [N, 1, H, W]),
+    "argmax", "prob_map" or "none"; judged on the first output.
+    layerwise: also compare every integer tensor of the program that a QuantizeLinear of
+    the QDQ model names, each computed from the reference values of its inputs (so the
+    lowering of each kernel is judged apart from how the network amplifies differences).
+    """
+    sess = ort_session(qdq_model, ort_optimization)
+    names = [i.name for i in sess.get_inputs()]
+    batches = _as_batches(inputs, names)
+    if not batches:
+        raise UsageError("no inputs to verify with", "give at least one input array")
+    steps = output_steps(prog)
+    ort_out_names = [o.name for o in sess.get_outputs()]
+    report = VerifyReport(reference=f"onnxruntime (optimizations {ort_optimization})")
+    aggs = {}
+    for batch in batches:
+        t0 = time.perf_counter()
+        got = run_program(prog, batch)
+        report.program_seconds += time.perf_counter() - t0
+        ref = sess.run(None, {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else v
+                              for k, v in batch.items()})
+        report.samples += 1
+        for idx, (pname, r) in enumerate(zip(prog.outputs, ref)):
+            g = np.asarray(got[pname], dtype=np.float64)
+            r = np.asarray(r, dtype=np.float64)
+            if g.shape != r.shape:
+                raise UsageError(f"output {idx} has shape {g.shape} in the program but {r.shape} in ONNX Runtime",
+                                 "the program was lowered from another model")
+            name = ort_out_names[idx]
+            agg = aggs.setdefault(name, OutputAgreement(name=name, step=steps.get(pname)))
+            diff = np.abs(g - r)
+            if agg.step:
+                d = diff / agg.step
+                agg.exact += int(np.count_nonzero(d < 0.5))
+                agg.within_one += int(np.count_nonzero(d < 1.5))
+                agg.max_steps = max(agg.max_steps, float(d.max()) if d.size else 0.0)
+            else:
+                agg.exact += int(np.count_nonzero(diff == 0))
+                agg.within_one += int(np.count_nonzero(diff <= 1e-3))
+                agg.max_steps = max(agg.max_steps, float(diff.max() / 1e-3) if diff.size else 0.0)
+            agg.max_abs = max(agg.max_abs, float(diff.max()) if diff.size else 0.0)
+            agg.elements += int(diff.size)
+            if idx == 0:
+                kind = _task_kind(r, task)
+                report.task = kind
+                if kind == "argmax":
+                    a, b = np.argmax(g.reshape(g.shape[0], -1), 1), np.argmax(r.reshape(r.shape[0], -1), 1)
+                    report.task_agree += int(np.count_nonzero(a == b))
+                    report.task_total += int(a.size)
+                elif kind == "prob_map":
+                    a, b = g > PROB_THRESHOLD, r > PROB_THRESHOLD
+                    report.task_agree += int(np.count_nonzero(a == b))
+                    report.task_total += int(a.size)
+    report.outputs = list(aggs.values())
+    if layerwise:
+        report.layers = _layerwise(prog, qdq_model, batches, ort_optimization)
+    return report
+
+
+def _layerwise(prog, qdq_model, batches, ort_optimization) -> List[TensorAgreement]:
+    from .layouts import from_layout, to_layout
+
+    model = qdq_model if isinstance(qdq_model, onnx.ModelProto) else onnx.load(str(qdq_model))
+    q_outs = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    names = [n for n in dict.fromkeys(q_outs) if n in prog.tensors and prog.tensors[n].scale is not None]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in have:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    sess = ort_session(probe, ort_optimization)
+    out_names = [o.name for o in sess.get_outputs()]
+    stats: Dict[str, TensorAgreement] = {n: TensorAgreement(n) for n in names}
+    for batch in batches:
+        ref = dict(zip(out_names, sess.run(None, batch)))
+
+        def observe(name, val):
+            if name not in stats:
+                return None
+            info = prog.tensors[name]
+            r = ref[name]
+            got = from_layout(val, info.layout, info.channels) if info.layout != "NCHW" else val
+            d = np.abs(got.astype(np.int64) - r.astype(np.int64))
+            st = stats[name]
+            st.elements += int(d.size)
+            st.exact += int(np.count_nonzero(d == 0))
+            st.within_one += int(np.count_nonzero(d <= 1))
+            st.max_steps = max(st.max_steps, int(d.max()) if d.size else 0)
+            r = r.astype(val.dtype)
+            return to_layout(r, info.layout, int(info.zero_point or 0)) if info.layout != "NCHW" else r
+
+        run_program(prog, batch, observe=observe)
+    return [s for s in stats.values() if s.elements]
