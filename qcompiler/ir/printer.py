@@ -40,7 +40,7 @@ def tensor_str(t) -> str:
     s = f"{t.name}:{_dtype(t)}{_shape(t)}"
     if isinstance(t, gs.Constant):
         v = np.asarray(t.values)
-        s += f"={v.reshape(-1)[0]!r}" if v.size == 1 else "=const"
+        s += f"={v.reshape(-1)[0].item()!r}" if v.size == 1 else "=const"  # 1.0, not np.float32(1.0)
     return s
 
 
