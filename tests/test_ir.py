@@ -598,3 +598,12 @@ def test_unnamed_and_duplicate_node_names_are_made_unique():
     names = [n.name for n in ir.graph.nodes]
     assert len(set(names)) == 3 and all(names)
     ir.verify()
+
+
+def test_printer_shows_scalar_constants_plainly():
+    m = models.conv_bias_add_act("Clip")  # Clip(min=0, max=6) as scalar initializers
+    ir = model_to_ir(m)
+    clip = next(n for n in ir.graph.nodes if n.op == "Clip")
+    line = node_lines(ir)[clip.name]
+    assert "=0.0" in line and "=6.0" in line, line
+    assert "np." not in format_ir(ir)
