@@ -262,7 +262,8 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
                     if entry.key == "location":
                         entry.value = ext_name
             onnx.save_model(m, tmp)
-            os.replace(tmp_ext, parent / ext_name)
+            if tmp_ext.exists():  # absent when no tensor was over the threshold
+                os.replace(tmp_ext, parent / ext_name)
             tmp_ext = None
         else:
             onnx.save_model(model, tmp)
