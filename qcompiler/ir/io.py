@@ -6,6 +6,7 @@ Every failure to read is a one-line ModelError naming the problem and the fix.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -218,6 +219,11 @@ def model_size(model: onnx.ModelProto) -> int:
     return data + sum(n.ByteSize() for n in model.graph.node)
 
 
+# Write failures that come from the file system, not from a bug in qcompiler.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENAMETOOLONG}
+
+
 def default_file_mode() -> int:
     """The mode a plain open() would give a new file: 0666 less the process umask."""
     mask = os.umask(0)
@@ -272,8 +278,10 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
         for f in (tmp, tmp_ext):
             if f is not None and os.path.exists(f):
                 os.unlink(f)
-        if isinstance(e, OSError) and e.errno is not None:  # disk full, quota, I/O error: not a bug
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:  # the disk, not a bug
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
             raise UsageError(f"cannot write output '{out}': {e.strerror}",
-                             "free some space or choose another output path") from None
+                             "free some space or choose another output path" if full
+                             else "choose another output path") from None
         raise
     return out
