@@ -1,0 +1,52 @@
+"""bias-correction: remove the expected output shift that weight quantization causes.
+
+For every Conv/Gemm kernel: b <- b - (W_q - W) E[x] (Nagel et al. 2019, section 4.2),
+with W_q the weights as place-qdq will quantize them (the calibrated weight QParams).
+E[x] is measured on the calibration batches (the float model's mean input map), or,
+with the `data_free` option or without calibration data, taken from the BatchNorm
+statistics propagated to each layer's input (qcompiler.accuracy.moments).
+
+Runs after calibrate (or calibrate-data-free) and before place-qdq.
+Options: data_free, bias_correction_batches (at most this many batches, default all),
+bn_sigmas / input_stats (data-free, as calibrate-data-free).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from qcompiler.accuracy.bias_correction import correct_biases, measure_input_means
+from qcompiler.pipeline.registry import Pass, register_pass
+from qcompiler.quant.plan import Plan
+
+
+@register_pass("bias-correction", requires={"calibrated"}, provides={"bias-corrected"})
+class BiasCorrection(Pass):
+    """Subtract the expected output error of quantized weights, (W_q - W) E[x], from Conv/Gemm biases."""
+
+    def run(self, ir, ctx) -> bool:
+        opt = lambda k, d=None: self.options.get(k, ctx.option(k, d))  # noqa: E731
+        plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        inputs = []
+        nodes = {n.name: n for n in ir.graph.nodes}
+        for k in plan.kernels:
+            if k.weight is not None and k.nodes[0] in nodes and nodes[k.nodes[0]].inputs:
+                inputs.append(nodes[k.nodes[0]].inputs[0].name)
+        data_free = bool(opt("data_free", False)) or ctx.calib is None
+        if data_free:
+            from qcompiler.accuracy.moments import data_free_stats
+
+            stats, _ = data_free_stats(ir, k=float(opt("bn_sigmas", 4.0)), input_stats=opt("input_stats"))
+            expected = {n: stats[n].mean for n in inputs if n in stats}
+            source = "bn-statistics"
+        else:
+            limit = opt("bias_correction_batches")
+            batches = ctx.calib()
+            if limit:
+                batches = itertools.islice(batches, int(limit))
+            expected = measure_input_means(ir, inputs, batches)
+            source = "calibration"
+        rep = correct_biases(ir, expected)
+        rep["source"] = source
+        ctx.pass_report(self.name).update(rep)
+        return rep["corrected"] > 0
