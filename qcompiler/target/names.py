@@ -83,13 +83,7 @@ def pass_names() -> frozenset[str]:
     """The registered pass names (built-in passes and plugins loaded so far)."""
     from qcompiler.pipeline.registry import known_pass_names
 
-    names = frozenset(known_pass_names())
-    return names | _DEV_FALLBACK_PASSES  # DEV-FALLBACK: remove before the final commit
-
-
-_DEV_FALLBACK_PASSES = frozenset({  # DEV-FALLBACK
-    "canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate",
-    "unify-concat-scales", "place-qdq", "fold-requant", "lower-layout"})  # DEV-FALLBACK
+    return frozenset(known_pass_names())
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:
