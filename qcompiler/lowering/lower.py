@@ -36,7 +36,7 @@ from .layouts import (BLOCK, LAYOUTS, PLAIN, block_of, check_layout, is_blocked,
                       round_up, same_activation_form, to_layout)
 from .program import DOMAIN, Kernel, Program, TensorInfo
 
-__all__ = ["TargetProfile", "target_profile", "lower_to_program", "plan_layouts", "LayoutPlan",
+__all__ = ["TargetProfile", "target_profile", "layout_rule", "lower_to_program", "plan_layouts", "LayoutPlan",
            "ConvDecision", "decide_conv"]
 
 INT_DTYPES = ("int8", "uint8")
@@ -98,8 +98,10 @@ def _parse_term(text: str) -> _Term:
     return _Term(var=text)
 
 
-def _rule(layout: str, when: str = "", input_layout: Optional[str] = None) -> _Rule:
-    """A built-in rule, written like the target language: 'group == 1 and ic % 4 == 0'."""
+def layout_rule(layout: str, when: str = "", input_layout: Optional[str] = None, ops=("Conv",)) -> _Rule:
+    """A conv layout rule written like the target language ('group == 1 and ic % 4 == 0'),
+    for TargetProfiles built in code (tests, experiments)."""
+    check_layout(layout)
     cons = []
     for part in [p for p in when.split(" and ") if p.strip()]:
         m = re.fullmatch(r"\s*(.+?)\s+(not in|in)\s+\[([\d,\s]+)\]\s*", part)
@@ -109,7 +111,10 @@ def _rule(layout: str, when: str = "", input_layout: Optional[str] = None) -> _R
             continue
         m = re.fullmatch(r"\s*(.+?)\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*", part)
         cons.append(_Constraint(_parse_term(m.group(1)), m.group(2), _parse_term(m.group(3))))
-    return _Rule(("Conv",), layout, input_layout, tuple(cons))
+    return _Rule(tuple(ops), layout, input_layout, tuple(cons))
+
+
+_rule = layout_rule
 
 
 @dataclass
@@ -293,7 +298,7 @@ def _decision(node, ic, oc, group, rule, profile, padded):
     elif first:
         kind = "first"
         icp, ocp = ic, round_up(oc, k)
-        text = f"IC={ic}: first-layer {layout} packing (NCHW in, {layout} out)"
+        text = f"IC={ic}: first-layer {layout} packing"
         if ocp != oc:
             notes.append(f"OC={oc} not a multiple of {k}: padded to {ocp}")
     else:
@@ -303,10 +308,10 @@ def _decision(node, ic, oc, group, rule, profile, padded):
             notes.append(f"IC={ic} not a multiple of {k}: padded to {icp}")
         if ocp != oc:
             notes.append(f"OC={oc} not a multiple of {k}: padded to {ocp}")
-        text = f"IC={ic}, OC={oc}: dense {layout}" if is_blocked(layout) else f"dense {layout}"
+        text = f"IC={ic}, OC={oc}: dense {layout}" if not notes else f"dense {layout}"
     if (icp != ic or ocp != oc) and not profile.pad_channels:
         return f"channels not a multiple of {k} and the target does not pad channels"
-    reason = "; ".join(notes) + f" ({text})" if notes else text
+    reason = "; ".join(notes + [text]) if kind == "dense" else "; ".join([text] + notes)
     in_layout = PLAIN if kind == "first" else layout
     return ConvDecision(node, layout, in_layout, kind, ic, oc, group, icp, ocp, reason)
 
