@@ -35,18 +35,23 @@ def cosine(ref: np.ndarray, out: np.ndarray) -> float:
     return float(a @ b / (na * nb))
 
 
-def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int = 0, reference: bool = False) -> ort.InferenceSession:
+    """reference=True: plain Q/DQ semantics, no fused integer kernels (for models built for
+    another target than ONNX Runtime x86, whose s8 kernels saturate on CPUs without VNNI)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if reference:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable[Dict[str, np.ndarray]]) -> Dict:
+def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable[Dict[str, np.ndarray]],
+                 reference: bool = False) -> Dict:
     """SQNR (dB) and cosine similarity per model output, accumulated over all batches."""
-    s_ref, s_q = session(fp32), session(int8)
+    s_ref, s_q = session(fp32), session(int8, reference=reference)
     names = [o.name for o in s_ref.get_outputs()]
     ins = {i.name for i in s_ref.get_inputs()}
     sig: Dict[str, float] = {n: 0.0 for n in names}
@@ -71,7 +76,8 @@ def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable
         s = 10 * np.log10(sig[n] / err[n]) if err[n] > 0 and sig[n] > 0 else float("inf")
         c = dot[n] / np.sqrt(sig[n] * nq[n]) if sig[n] > 0 and nq[n] > 0 else 1.0
         result[n] = {"sqnr_db": round(float(s), 3), "cosine": round(float(c), 6)}
-    return {"batches": count, "outputs": result}
+    return {"batches": count, "outputs": result,
+            "runtime": "onnxruntime, Q/DQ reference semantics" if reference else "onnxruntime CPU kernels"}
 
 
 def qdq_counts(model: onnx.ModelProto) -> Dict[str, int]:
