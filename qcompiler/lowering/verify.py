@@ -113,8 +113,8 @@ class VerifyReport:
         }
 
     def format(self) -> str:
-        lines = [f"verified {self.samples} sample(s) against {self.reference}; program "
-                 f"{self.program_seconds / max(1, self.samples):.3f} s per sample"]
+        lines = [f"verified {self.samples} batch(es) against {self.reference}; program "
+                 f"{self.program_seconds / max(1, self.samples):.3f} s per batch"]
         for o in self.outputs:
             step = (f"step {o.step:.4g}" if o.step else
                     f"float output: one step = {FLOAT_TOLERANCE:g} x max |reference|")
