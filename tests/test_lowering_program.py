@@ -204,3 +204,34 @@ def test_unknown_op_is_a_clear_error():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(ModelError, match="Hardmax"):
         lower_to_program(m, "arm64")
+
+
+def test_cli_entry_points(tmp_path):
+    """What `qcompiler build --emit program`, `qcompiler run` and `qcompiler verify` call."""
+    from qcompiler.build import build
+    from qcompiler.ir.io import save_model
+    from qcompiler.lowering.lower import program_exporter
+    from qcompiler.lowering.verify import run_program_files, verify_files
+    from test_lowering_models import small_net
+
+    data = inputs(8, seed=50)
+    calib = lambda: iter({"input": x} for x in data)  # noqa: E731
+    qdq_res = build(small_net(), target="arm64", calib=calib)
+    save_model(qdq_res.model, tmp_path / "m.qdq.onnx")
+    res = build(small_net(), target="arm64", calib=calib, options={"emit": "program", "exporter": program_exporter})
+    assert res.report["program"]["conv_layouts"] == {"NCHW44": 3}
+    save_model(res.model, tmp_path / "m.program.onnx")
+    d = tmp_path / "d"
+    d.mkdir()
+    for i, x in enumerate(inputs(4, seed=9)):
+        np.save(d / f"x{i}.npy", x)
+    outs = run_program_files(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "y.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), next(iter(outs.values())))
+    run_program_files(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "y.npz")
+    assert list(np.load(tmp_path / "y.npz").keys()) == list(outs)
+    rep = verify_files(tmp_path / "m.program.onnx", tmp_path / "m.qdq.onnx", d)
+    assert rep.samples == 4 and rep.ok(), rep.format()
+    with pytest.raises(UsageError, match="one input file"):
+        run_program_files(tmp_path / "m.program.onnx", d, tmp_path / "z.npy")
+    with pytest.raises(UsageError, match=r"\.npy or \.npz"):
+        run_program_files(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "z.txt")

@@ -37,7 +37,7 @@ from .layouts import (BLOCK, LAYOUTS, PLAIN, block_of, check_layout, is_blocked,
 from .program import DOMAIN, Kernel, Program, TensorInfo
 
 __all__ = ["TargetProfile", "target_profile", "layout_rule", "lower_to_program", "plan_layouts", "LayoutPlan",
-           "ConvDecision", "decide_conv"]
+           "ConvDecision", "decide_conv", "program_exporter"]
 
 INT_DTYPES = ("int8", "uint8")
 ADD_LEFT_SHIFT = 20
@@ -1432,3 +1432,16 @@ def lower_to_program(source, target=None) -> Program:
     prog = lw.build(plan)
     prog.meta["source_graph"] = lw.model.graph.name or ""
     return prog
+
+
+def program_exporter(ir, ctx) -> onnx.ModelProto:
+    """The `exporter` option of qcompiler.build.build for `--emit program`: the IR (after the
+    target's pipeline) lowered for ctx.target, as the ONNX form of the program. The
+    lowering summary lands in ctx.report["program"]."""
+    from .program import program_to_onnx
+
+    prog = lower_to_program(ir, ctx.target)
+    ctx.report["program"] = {"target": prog.target, "requant": prog.requant, "rounding": prog.rounding,
+                             "kernels": prog.op_counts(), "conv_layouts": prog.plan.get("conv_layouts", {}),
+                             "layout_conversions": prog.plan.get("num_conversions", 0)}
+    return program_to_onnx(prog)

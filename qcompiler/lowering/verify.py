@@ -29,7 +29,8 @@ from ..errors import UsageError
 from .interpreter import run_program
 from .program import DOMAIN, Program
 
-__all__ = ["OutputAgreement", "VerifyReport", "verify_program", "output_steps", "ort_session", "load_inputs"]
+__all__ = ["OutputAgreement", "TensorAgreement", "VerifyReport", "verify_program", "output_steps", "ort_session",
+           "load_inputs", "run_program_files", "verify_files"]
 
 PROB_THRESHOLD = 0.3
 # a float output (no quantization step) counts as "within one step" when the difference
@@ -340,3 +341,61 @@ def _layerwise(prog, qdq_model, batches, ort_optimization) -> List[TensorAgreeme
 
         run_program(prog, batch, observe=observe)
     return [s for s in stats.values() if s.elements]
+
+
+# ----------------------------------------------------------------------------- file-level entry points
+
+def run_program_files(program_path, input_path, output_path, force: bool = True) -> Dict[str, np.ndarray]:
+    """`qcompiler run PROG --input x.npy -o y.npy`: load the program, run it on one input
+    file (.npy for a one-input program, .npz with arrays named after the inputs), and write
+    the outputs: a .npy for a one-output program, else a .npz keyed by output name
+    (written atomically). Returns the outputs."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .program import load_program
+
+    prog = load_program(program_path)
+    p = Path(input_path)
+    if p.is_dir():
+        raise UsageError(f"'{p}' is a folder; 'run' takes one input file", "give a .npy or .npz file")
+    batch = load_inputs(str(p), prog.inputs)[0]
+    outs = run_program(prog, batch)
+    out = Path(output_path)
+    if out.exists() and not force:
+        raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder '{parent}' does not exist", "create it first")
+    if out.suffix == ".npy" and len(outs) != 1:
+        raise UsageError(f"the program has {len(outs)} outputs; a .npy holds one", "give -o a .npz path")
+    if out.suffix not in (".npy", ".npz"):
+        raise UsageError(f"output '{out}' must end in .npy or .npz", "name the output file x.npy or x.npz")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=parent)
+    os.close(fd)
+    try:
+        if out.suffix == ".npy":
+            np.save(tmp, next(iter(outs.values())))
+        else:
+            np.savez(tmp, **outs)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return outs
+
+
+def verify_files(program_path, qdq_path, data_path, task: str = "auto", ort_optimization: str = "disabled",
+                 layerwise: bool = True) -> VerifyReport:
+    """`qcompiler verify PROG QDQ --data d/`: the program against the QDQ model on every
+    .npy / .npz in d/ (or one file). Print report.format(); report.ok() is the pass/fail
+    verdict (>= 99.9 % of output elements within one step and the task result equal)."""
+    from ..ir.io import read_model
+    from .program import load_program
+
+    prog = load_program(program_path)
+    model = read_model(qdq_path)
+    return verify_program(prog, model, load_inputs(str(data_path), prog.inputs), task=task,
+                          ort_optimization=ort_optimization, layerwise=layerwise)
