@@ -878,3 +878,95 @@ def test_duplicate_node_names_get_an_accuracy_report(workdir: Path, capsys):
 
     report = json.loads(Path("out/r.json").read_text())
     assert report["accuracy"]["outputs"]["output"]["cosine"] > 0.99
+
+
+# ------------------------------------------------------------------------------ graceful degradation
+def float_ops_model() -> onnx.ModelProto:
+    """Conv -> HardSwish -> Conv -> Tanh -> Conv -> Softmax: convs every target quantizes,
+    and ops some targets keep in float."""
+    rng = np.random.default_rng(5)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c1"], ["h"], name="hardswish"),
+             helper.make_node("Conv", ["h", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Tanh", ["c2"], ["t"], name="tanh"),
+             helper.make_node("Conv", ["t", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Softmax", ["c3"], ["y"], name="softmax", axis=1)]
+    return tiny_graph(nodes, [vi("x", [1, 3, 16, 16])], [vi("y", [1, 8, 16, 16])],
+                      [w("w1", 8, 3, 3, 3), w("b1", 8), w("w2", 8, 8, 1, 1), w("w3", 8, 8, 1, 1)], opset=14)
+
+
+def _report(path="out/r.json"):
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+@pytest.mark.parametrize("target,float_nodes", [("x86", ("hardswish", "tanh")),  # x86 has QLinearSoftmax
+                                                ("arm64", ("hardswish", "tanh", "softmax")),
+                                                ("cuda", ("hardswish", "tanh", "softmax"))])
+def test_unquantizable_ops_stay_float_with_reasons(target, float_nodes, workdir: Path, capsys):
+    model = save(float_ops_model())
+    rc, _, err = run_cli(build(model, "--calib", calib(), "--target", target, "--report", "out/r.json", "-q"),
+                         capsys)
+    assert rc == 0, err
+    reasons = _report()["float_reasons"]
+    for node in float_nodes:
+        assert reasons.get(node), f"{target}: no reason recorded for {node}: {reasons}"
+    out = onnx.load(OUT)
+    ops = [n.op_type for n in out.graph.node]
+    assert {"HardSwish", "Tanh", "Softmax"} <= set(ops)
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    import onnxruntime as ort
+
+    y = ort.InferenceSession(OUT, providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.random.default_rng(0).random((1, 3, 16, 16)).astype(np.float32)})[0]
+    assert np.isfinite(y).all()
+
+
+def test_target_without_conv_kernel_keeps_convs_float(workdir: Path, capsys):
+    Path("in/noconv.qtarget").write_text(
+        'target noconv extends x86 "x86 without a conv kernel" {\n  drop pattern conv_act\n}\n')
+    model = save(good_model())
+    rc, _, err = run_cli(build(model, "--calib", calib(), "--target", "in/noconv.qtarget",
+                               "--report", "out/r.json", "-q"), capsys)
+    assert rc == 0, err
+    reasons = _report()["float_reasons"]
+    assert any("conv" in k for k in reasons), reasons
+
+
+def _build_with(extra, capsys, out=OUT, report="out/r.json"):
+    model = "in/model.onnx" if Path("in/model.onnx").exists() else save(good_model())
+    cal = "in/calib.npy" if Path("in/calib.npy").exists() else calib()
+    return run_cli(build(model, "--calib", cal, "--target", "x86", "--report", report, *extra, out=out), capsys)
+
+
+@pytest.mark.parametrize("plugin,anchor", [("plugin_raises.py", "corpus-raises:after=fold-bn"),
+                                           ("plugin_raises.py", "corpus-raises:after=place-qdq"),
+                                           ("plugin_corrupts.py", "corpus-corrupts:after=calibrate")])
+def test_keep_going_skips_failing_pass_and_restores_ir(plugin, anchor, workdir: Path, capsys):
+    """--keep-going: the failing pass is skipped, the IR is restored to what it was before it,
+    and the report names it; the result equals a build without that pass."""
+    rc, _, err = _build_with(["-q"], capsys, out="out/plain.onnx", report="out/plain.json")
+    assert rc == 0, err
+    rc, _, err = _build_with(["--plugin", corpus(plugin), "--add-pass", anchor, "--keep-going"], capsys)
+    assert rc == 0, err
+    assert error_lines(err) == []
+    name = anchor.split(":")[0]
+    assert any(line.startswith("warning: pass '" + name) and "skipped: --keep-going" in line
+               for line in err.splitlines()), err
+    skipped = _report()["skipped_passes"]
+    assert [s["pass"] for s in skipped] == [name]
+    assert skipped[0]["error"]
+    assert Path(OUT).read_bytes() == Path("out/plain.onnx").read_bytes(), "the IR was not restored"
+    assert "skipped_passes" not in _report("out/plain.json")
+
+
+def test_keep_going_still_fails_on_bad_input(workdir: Path, capsys):
+    """--keep-going skips failing passes; it does not turn input errors into successes."""
+    rc, _, err = run_cli(build(save(good_model()), "--calib", calib(shape=(3, 8, 8)), "--keep-going"), capsys)
+    assert rc == 2 and "expects (1, 3, 16, 16)" in error_lines(err)[0]
+    assert files_under(workdir / "out") == []
