@@ -36,7 +36,7 @@ class BiasCorrection(Pass):
         if data_free:
             from qcompiler.accuracy.moments import data_free_stats
 
-            stats, _ = data_free_stats(ir, k=float(opt("bn_sigmas", 4.0)), input_stats=opt("input_stats"))
+            stats, _ = data_free_stats(ir, k=float(opt("bn_sigmas", 6.0)), input_stats=opt("input_stats"))
             expected = {n: stats[n].mean for n in inputs if n in stats}
             source = "bn-statistics"
         else:

@@ -2,7 +2,7 @@
 
 Ranges come from BatchNorm statistics (kept by record-bn-stats before fold-bn): a layer
 that absorbed a BN has outputs about N(beta, gamma^2) per channel, range
-beta +- k gamma (k = `bn_sigmas`, default 4), clipped at 0 by a following Relu (or to
+beta +- k gamma (k = `bn_sigmas`, default 6), clipped at 0 by a following Relu (or to
 the Clip bounds); other tensors get statistics propagated from those and from the graph
 inputs (`input_stats`: {"input_name" or "*": {"mean": m, "std": s, "range": [lo, hi]}},
 default N(0, 1) with range +-3). See qcompiler.accuracy.moments for the rules. Weights get
@@ -29,7 +29,7 @@ class CalibrateDataFree(Pass):
         if ctx.target is None:
             raise PipelineError("pass 'calibrate-data-free' needs a target", "pass --target")
         plan = Plan.from_json(ir.ann.notes["quant_plan"])
-        k = float(opt("bn_sigmas", 4.0))
+        k = float(opt("bn_sigmas", 6.0))
         stats, fallback = data_free_stats(ir, k=k, input_stats=opt("input_stats"))
         ranges, missing = {}, []
         for name in plan.tensors:

@@ -174,7 +174,7 @@ def _rank(t) -> Optional[int]:
 
 
 class MomentPropagator:
-    def __init__(self, ir, k: float = 4.0, input_stats=None, fallback_batches=None):
+    def __init__(self, ir, k: float = 6.0, input_stats=None, fallback_batches=None):
         self.ir = ir
         self.k = float(k)
         self.input_stats = input_stats or {}
@@ -503,7 +503,7 @@ def _stack(parts: List[TStats], axis, source) -> TStats:
     return TStats(cat("mean"), cat("var"), cat("lo"), cat("hi"), axis, source)
 
 
-def data_free_stats(ir, k: float = 4.0, input_stats=None) -> Tuple[Dict[str, TStats], List[str]]:
+def data_free_stats(ir, k: float = 6.0, input_stats=None) -> Tuple[Dict[str, TStats], List[str]]:
     """Statistics of every tensor of `ir` without data; also the tensors that needed the
     synthetic-input fallback."""
     p = MomentPropagator(ir, k=k, input_stats=input_stats)

@@ -6,6 +6,7 @@
 - `equalize`: record-bn-stats before fold-bn, equalize after fuse-conv-bias-act (or
   after fold-bn when the pipeline has no fusion pass);
 - `bias_correction`: bias-correction after calibrate (or calibrate-data-free);
+- `int16_layers` (from a per-layer override file): precision-overrides before place-qdq;
 - `data_free`: calibrate becomes calibrate-data-free, and equalization and bias
   correction are on unless the options turn them off (`equalize: False`...).
 An explicit `--pipeline` is the user's word and is left alone; passes already present
@@ -38,6 +39,8 @@ def adjust_pipeline(names: Sequence[str], options: Dict) -> List[str]:
         _insert_after(order, ("fuse-conv-bias-act", "fold-bn"), "equalize")
     if bc and "bias-correction" not in order:
         _insert_after(order, ("calibrate", "calibrate-data-free"), "bias-correction")
+    if options.get("int16_layers") and "precision-overrides" not in order and "place-qdq" in order:
+        order.insert(order.index("place-qdq"), "precision-overrides")
     return order
 
 
@@ -49,7 +52,7 @@ def build_options_help() -> Dict[str, str]:
         "absorb_bias": "high-bias absorption in equalize (needs BN statistics)",
         "absorb_sigmas": "absorb max(0, beta - k gamma), k (default 3)",
         "bias_correction": "bias-correction pass after calibration",
-        "bn_sigmas": "data-free activation range beta +- k gamma, k (default 4)",
+        "bn_sigmas": "data-free activation range beta +- k gamma, k (default 6)",
         "input_stats": '{"input" or "*": {"mean": m, "std": s, "range": [lo, hi]}} for data-free builds',
         "keep_float": "node-name patterns kept float (insert-observers)",
         "layer_overrides": "per-layer precision config (qcompiler.accuracy.overrides)",
