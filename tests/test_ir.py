@@ -426,7 +426,7 @@ def test_toposort_20k_chain_is_fast_and_iterative():
     finally:
         sys.setrecursionlimit(limit)
     assert [n.name for n in order] == [f"n{i}" for i in range(20_000)]
-    assert dt < 3.0, f"sorting a 20k chain took {dt:.2f} s"
+    assert dt < 5.0, f"sorting a 20k chain took {dt:.2f} s"  # ~0.3 s; a quadratic sort takes minutes
     assert len(live_nodes(g)) == 20_000
 
 
