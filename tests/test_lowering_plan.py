@@ -3,9 +3,7 @@ the lower-layout pass on the IR."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-import pytest
 
 from qcompiler.ir import ir_to_model, load_ir
 from qcompiler.lowering.lower import (TargetProfile, decide_conv, layout_rule, lower_to_program, plan_layouts,
@@ -77,8 +75,6 @@ def test_plan_counts_conversions_at_region_edges_only():
     assert len(convs) == len(plan["conversions"]), "a tensor is converted to a layout once"
     prog = lower_to_program(q, "arm64")
     assert prog.conversions() == plan["num_conversions"]
-    # every conversion sits between a producer in one layout and a consumer in another
-    layout_of = {n.outputs[0]: n.attrs.get("layout", "NCHW") for n in prog.nodes if n.outputs}
     for n in prog.nodes:
         if n.op == "LayoutConvert":
             assert n.attrs["src"] != n.attrs["dst"]

@@ -138,11 +138,14 @@ def _requant(acc: np.ndarray, node, args_q: List[np.ndarray], prog: Program, zer
              qmax: int, bshape=None) -> np.ndarray:
     """Requantize int accumulators with the node's constants (fixed point or float scale)."""
     dtype = np.dtype(node.attrs.get("dtype", "int8"))
-    if node.attrs.get("output") == "float":  # int8 in, float out: dequantize the accumulator
+    if node.attrs.get("output") == "float":  # int8 in, float out: rescale, add the float bias
         scale = np.asarray(args_q[0], dtype=np.float32)
+        fbias = np.asarray(args_q[1], dtype=np.float32) if len(args_q) > 1 else np.float32(0)
         if bshape is not None and scale.size > 1:
             scale = scale.reshape(bshape)
-        return acc.astype(np.float32) * scale
+        if bshape is not None and fbias.size > 1:
+            fbias = fbias.reshape(bshape)
+        return acc.astype(np.float32) * scale + fbias
     if prog.requant == "float_scale":
         scale = np.asarray(args_q[0], dtype=np.float32)
         if bshape is not None and scale.size > 1:

@@ -32,7 +32,7 @@ KINDS = ("dense", "first", "depthwise", "group")
 __all__ = [
     "PLAIN", "LAYOUTS", "BLOCK", "KINDS", "block_of", "is_blocked", "check_layout", "round_up",
     "same_activation_form", "physical_shape", "to_layout", "from_layout", "convert_layout", "channel_axes",
-    "pack_weight", "unpack_weight", "weight_shape", "pack_channel_vector",
+    "pack_weight", "unpack_weight", "weight_shape",
 ]
 
 
@@ -124,19 +124,6 @@ def convert_layout(x: np.ndarray, src: str, dst: str, channels: Optional[int] = 
     if src == dst:
         return x
     return to_layout(from_layout(x, src, channels), dst, pad_value)
-
-
-def pack_channel_vector(v: np.ndarray, layout: str, pad_value=0) -> np.ndarray:
-    """A per-channel constant broadcastable against a logical [N, C, H, W] tensor
-    (shape [C] / [1, C, 1, 1] / scalar) in the physical form that broadcasts in `layout`."""
-    a = np.asarray(v)
-    if a.size == 1:
-        return a.reshape(())
-    if a.ndim == 4 and a.shape[0] == 1 and a.shape[2:] == (1, 1):
-        return to_layout(a, layout, pad_value)
-    if a.ndim == 4:
-        return to_layout(a, layout, pad_value)
-    raise ValueError(f"cannot lay out a constant of shape {a.shape} in {layout}")
 
 
 # ----------------------------------------------------------------------------- weights

@@ -23,7 +23,7 @@ import os
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -32,7 +32,7 @@ from onnx import helper, numpy_helper
 from ..errors import ModelError, TargetError
 from .fixed_point import quantize_multiplier
 from .interpreter import FLOAT_OPS, dtype_range, run_float_op
-from .layouts import (BLOCK, LAYOUTS, PLAIN, block_of, check_layout, is_blocked, pack_weight,
+from .layouts import (LAYOUTS, PLAIN, block_of, check_layout, is_blocked, pack_weight,
                       round_up, same_activation_form, to_layout)
 from .program import DOMAIN, Kernel, Program, TensorInfo
 
@@ -436,7 +436,6 @@ class _Lowerer:
         self.names: set = set()  # names used in the program so far
         self.float_cache: Dict[tuple, str] = {}
         self.consumed: set = set()
-        self.conv_nodes: List[str] = []
         self.stats = {"integer_kernels": 0, "float_ops": 0}
 
     # ------------------------------------------------------------------ utilities
@@ -799,10 +798,9 @@ class _Lowerer:
             return False
         tail = self.q_tail(node)
         if tail is None:
-            if op in ("Conv", "Gemm", "MatMul") and self.float_output_ok(node):
-                tail = None  # int8 in, float out (TensorRT-style placement)
-            else:
+            if op not in ("Conv", "Gemm", "MatMul") or len(node.output) != 1:
                 return False
+            # int8 in, float out: the output is not quantized (TensorRT-style placement)
         ok = handler(node, ins, tail)
         if ok:
             self.stats["integer_kernels"] += 1
@@ -813,9 +811,6 @@ class _Lowerer:
                 for q in qs:
                     self.consumed.add(id(q))
         return ok
-
-    def float_output_ok(self, node) -> bool:
-        return len(node.output) == 1
 
     def bind_tail(self, tail, pt, s, z, dt):
         for q in tail[0]:
@@ -860,7 +855,12 @@ class _Lowerer:
             pads = list(at.get("pads", [0, 0, 0, 0]))
         s_x = np.float32(x.scale)
         s_w = np.broadcast_to(np.asarray(w.qscale, dtype=np.float32).reshape(-1), (oc,))
-        bias = self.int_bias(b, s_x, s_w, oc)
+        fbias = None
+        if tail is None:  # float output: the bias stays float, added after the rescale
+            fbias = self.float_bias(b, oc)
+            bias = np.zeros(oc, dtype=np.int64) if fbias is not None else None
+        else:
+            bias = self.int_bias(b, s_x, s_w, oc)
         if bias is None:
             return False
         bias = bias - np.int64(x.zp) * wq.reshape(oc, -1).astype(np.int64).sum(axis=1)
@@ -869,9 +869,9 @@ class _Lowerer:
         base = self.out_name(tail, node)
         attrs = {"group": group, "in_channels": ic, "out_channels": oc, "kernel_shape": [kh, kw],
                  "strides": strides, "pads": pads, "dilations": dil, "x_zero_point": x.zp}
-        if tail is None:  # float output: y = float(acc) * (s_x * s_w)
+        if tail is None:  # float output: y = float(acc) * (s_x * s_w) + float bias
             scale_c = (s_x * s_w).astype(np.float32)
-            consts = [self.add_const(f"{base}.scale", scale_c)]
+            consts = [self.add_const(f"{base}.scale", scale_c), self.add_const(f"{base}.float_bias", fbias)]
             attrs.update({"y_zero_point": 0, "qmin": 0, "qmax": 0, "dtype": "float32", "output": "float",
                           "activation": "none"})
             dt, s_y, z_y = "float32", None, None
@@ -892,12 +892,20 @@ class _Lowerer:
                                             "group": group, "kernel": (kh, kw), "stride": tuple(strides),
                                             "dilation": tuple(dil)},
                       channel_vectors=list(range(2, 3 + len(consts))))
-        self.conv_nodes.append(p.kernel.name)
         if tail is None:
             self.vals[node.output[0]] = _Val("float", pt=base, onnx_name=node.output[0])
         else:
             self.bind_tail(tail, base, s_y, z_y, dt)
         return True
+
+    def float_bias(self, b, n) -> Optional[np.ndarray]:
+        """The float32 bias (zeros without one) of a float-output kernel, or None."""
+        if b is None:
+            return np.zeros(n, dtype=np.float32)
+        if b.kind != "const":
+            return None
+        v = np.asarray(b.value, dtype=np.float32).reshape(-1)
+        return np.ascontiguousarray(np.broadcast_to(v, (n,))) if v.size in (1, n) else None
 
     def int_bias(self, b, s_x, s_w, n) -> Optional[np.ndarray]:
         """int64 bias in units of s_x * s_w[c] (None when it cannot be had)."""
@@ -951,13 +959,16 @@ class _Lowerer:
         n = wt.shape[0]
         s_a = np.float32(a.scale)
         s_w = np.broadcast_to(np.asarray(wscale, dtype=np.float32).reshape(-1), (n,))
-        bias = self.int_bias(b, s_a, s_w, n)
+        fbias = self.float_bias(b, n) if tail is None else None
+        bias = (np.zeros(n, dtype=np.int64) if fbias is not None else None) if tail is None \
+            else self.int_bias(b, s_a, s_w, n)
         if bias is None:
             return False
         base = self.out_name(tail, node)
         attrs = {"a_zero_point": a.zp, "in_features": int(wt.shape[1]), "out_features": int(n)}
         if tail is None:
-            consts = [self.add_const(f"{base}.scale", (s_a * s_w).astype(np.float32))]
+            consts = [self.add_const(f"{base}.scale", (s_a * s_w).astype(np.float32)),
+                      self.add_const(f"{base}.float_bias", fbias)]
             attrs.update({"y_zero_point": 0, "qmin": 0, "qmax": 0, "dtype": "float32", "output": "float",
                           "activation": "none"})
             dt, s_y, z_y = "float32", None, None

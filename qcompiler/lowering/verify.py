@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -125,7 +125,7 @@ class VerifyReport:
         if self.layers:
             worst = min(self.layers, key=lambda t: t.within_one_share)
             tot = sum(t.elements for t in self.layers)
-            lines.append(f"  layer-wise ({len(self.layers)} integer tensors, each computed from reference inputs): "
+            lines.append(f"  layer-wise ({len(self.layers)} tensors, each computed from reference inputs): "
                          f"exact {100 * sum(t.exact for t in self.layers) / max(1, tot):.3f}%, max "
                          f"{max(t.max_steps for t in self.layers)} steps, worst within one step "
                          f"{100 * worst.within_one_share:.3f}% ({worst.name})")
@@ -249,8 +249,10 @@ def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs
     task: "auto" (argmax for [N, classes] outputs, thresholded map for [N, 1, H, W]),
     "argmax", "prob_map" or "none"; judged on the first output.
     layerwise: also compare every integer tensor of the program that a QuantizeLinear of
-    the QDQ model names, each computed from the reference values of its inputs (so the
-    lowering of each kernel is judged apart from how the network amplifies differences).
+    the QDQ model names (and the float result of every int8-in, float-out kernel, in steps
+    of FLOAT_TOLERANCE x its largest magnitude), each computed from the reference values of
+    its inputs: the lowering of each kernel is judged apart from how the network amplifies
+    differences.
     """
     sess = ort_session(qdq_model, ort_optimization)
     names = [i.name for i in sess.get_inputs()]
@@ -312,6 +314,10 @@ def _layerwise(prog, qdq_model, batches, ort_optimization) -> List[TensorAgreeme
     model = qdq_model if isinstance(qdq_model, onnx.ModelProto) else onnx.load(str(qdq_model))
     q_outs = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     names = [n for n in dict.fromkeys(q_outs) if n in prog.tensors and prog.tensors[n].scale is not None]
+    # float results of int8-in, float-out kernels (weighted ops whose output is not quantized)
+    onnx_names = {o for n in model.graph.node for o in n.output}
+    names += [k.outputs[0] for k in prog.nodes if k.domain == DOMAIN and k.attrs.get("output") == "float"
+              and k.outputs[0] in onnx_names]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
@@ -330,7 +336,11 @@ def _layerwise(prog, qdq_model, batches, ort_optimization) -> List[TensorAgreeme
             info = prog.tensors[name]
             r = ref[name]
             got = from_layout(val, info.layout, info.channels) if info.layout != "NCHW" else val
-            d = np.abs(got.astype(np.int64) - r.astype(np.int64))
+            if info.scale is None:  # a float tensor: steps of FLOAT_TOLERANCE x its largest magnitude
+                tol = FLOAT_TOLERANCE * max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
+                d = np.ceil(np.abs(got.astype(np.float64) - r) / tol - 1e-9).astype(np.int64)
+            else:
+                d = np.abs(got.astype(np.int64) - r.astype(np.int64))
             st = stats[name]
             st.elements += int(d.size)
             st.exact += int(np.count_nonzero(d == 0))
