@@ -257,3 +257,24 @@ def test_console_script_build_with_plugin(tmp_path, model_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert "already exists" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plugin_pass_keeps_shape_changing_and_output_muls():
+    """The example pass only removes a Mul by one that changes nothing visible."""
+    from qcompiler.build import build
+
+    one5 = numpy_helper.from_array(np.ones((1, 1, 1, 1, 1), np.float32), "one5")  # broadcasts x up to rank 5
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [helper.make_node("Mul", ["x", "one5"], ["y5"], name="rank_up"),
+             helper.make_node("Mul", ["x", "two"], ["x2"], name="times_two"),
+             helper.make_node("Mul", ["one", "x2"], ["out"], name="times_one_at_output")]
+    g = helper.make_graph(nodes, "muls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                          [helper.make_tensor_value_info("y5", TensorProto.FLOAT, [1, 1, 2, 3, 4]),
+                           helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 3, 4])],
+                          [one5, one, two])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    res = build(m, pipeline=["canonicalize", "count-convs"], plugins=[str(PLUGIN)])
+    assert res.report["passes"]["count-convs"] == {"convs": 0, "mul_by_one_removed": 0}
+    assert op_count(res.model, "Mul") == 3
+    assert_same_outputs(m, res.model, random_feeds(m))
