@@ -149,3 +149,21 @@ def test_pass_in_a_pipeline_with_our_quantizer():
     rep = verify_program(prog, res.model, inputs(6), layerwise=True)
     assert rep.layers and all(t.max_steps <= 1 for t in rep.layers), rep.format()
     assert rep.task_rate == 1.0
+
+
+def test_concat_of_whole_blocks_stays_blocked():
+    from test_lowering_models import HW, Net, quantize
+
+    b = Net(5)
+    x = b.conv("input", 3, 8, 3)
+    cat = b.op("Concat", [b.conv(x, 8, 4, 1), b.conv(x, 8, 6, 3)], axis=1)  # 4 + 6: whole blocks first
+    y = b.conv(cat, 10, 8, 1)
+    q = quantize(b.model([1, 3, HW, HW], y))
+    prog = lower_to_program(q, "arm64")
+    concat = next(n for n in prog.nodes if n.op == "Concat")
+    assert concat.attrs["layout"] == "NCHW44"
+    assert prog.plan["num_conversions"] == 1  # only the graph output back to NCHW
+    from qcompiler.lowering.verify import verify_program
+
+    rep = verify_program(prog, q, inputs(3), task="none", layerwise=True)
+    assert all(t.max_steps <= 1 for t in rep.layers), rep.format()

@@ -884,6 +884,8 @@ class _Lowerer:
             consts = self.requant_consts(base, m)
             attrs.update({"y_zero_point": z_y, "qmin": lo, "qmax": hi, "dtype": dt, "activation": actname})
         out_shape = self.shape(tail[0][0].output[0] if tail else node.output[0])
+        if out_shape is None or len(out_shape) != 4:
+            out_shape = [None, oc, None, None]  # no shape inference: the channels are known anyway
         self.add_tensor(base, dt, out_shape, s_y, z_y)
         bname = self.add_const(f"{base}.bias", bias.astype(np.int32))
         wname = self.add_const(f"{base}.weight", wq)
@@ -1290,11 +1292,13 @@ class _Lowerer:
         infos = [self.prog.tensors[t] for t in acts]
         if any(i.shape is None or len(i.shape) != 4 or i.channels is None for i in infos):
             return PLAIN
+        if not all(self._rank4(o) and self.prog.tensors[o].channels is not None for o in k.outputs if o):
+            return PLAIN
         blk = block_of(choice)
         if k.op == "Concat":
             if k.attrs["axis"] == 1 and blk > 1 and any(i.channels % blk for i in infos[:-1]):
                 return PLAIN
-        if len(acts) > 1 or p.channel_consts or not k.is_kernel:
+        elif len(acts) > 1 or p.channel_consts or not k.is_kernel:
             chans = {i.channels for i in infos}
             if len(chans) != 1:
                 return PLAIN
