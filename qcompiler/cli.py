@@ -21,6 +21,12 @@ from . import __version__
 from .errors import QCompilerError, UsageError
 
 
+def accuracy_build_options(f):
+    from .accuracy.commands import build_options
+
+    return build_options(f)
+
+
 def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -80,14 +86,17 @@ def cli():
 @click.option("--keep-going", is_flag=True, help="Skip a failing pass (IR restored) instead of stopping.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
+@accuracy_build_options
 def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib, calib_samples, batch_size,
-              method, percentile, preprocess, emit, report_path, keep_going, force, quiet):
+              method, percentile, preprocess, emit, report_path, keep_going, force, quiet, **accuracy):
     """Compile MODEL through a pass pipeline and write the result."""
-    from .build import build
+    from .accuracy.commands import build_options_to_dict
+    from .build import build, resolve_target
     from .ir.io import save_model
 
     model_path = Path(model)
-    if target is None and calib is not None:
+    acc_options = build_options_to_dict(**accuracy)
+    if target is None and (calib is not None or acc_options.get("data_free")):
         target = "x86"
     out = Path(output) if output else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
@@ -100,10 +109,23 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     if calib is not None:
         calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
     options = {"calib_method": method, "percentile": percentile, "emit": emit, "progress": not quiet}
+    options.update(acc_options)
     echo = None if quiet else _echo_err
-    result = build(model_path, target=target, pipeline=pipeline.split(",") if pipeline else None,
+    names = pipeline.split(",") if pipeline else None
+    extra = {}
+    if acc_options:  # data-free, equalization, bias correction, mixed precision, overrides
+        from .accuracy.hooks import prepare_build
+        from .pipeline import load_plugin
+
+        for p in plugin:
+            load_plugin(p)
+        target = resolve_target(target)
+        names = names or list(getattr(target, "pipeline", ()))
+        names, options, extra = prepare_build(model_path, target, names, calib_fn, options, echo)
+    result = build(model_path, target=target, pipeline=names,
                    add_passes=add_pass, plugins=plugin, calib=calib_fn, dump_dir=dump_dir,
                    options=options, keep_going=keep_going, echo=echo)
+    result.report.update(extra)
     report_tmp = None
     try:
         if report is not None:  # written first, renamed into place only once the model is saved
@@ -292,6 +314,15 @@ def targets_show(name):
     from .target import format_target, load_target
 
     click.echo(format_target(load_target(name)), nl=False)
+
+
+def _register_command_groups() -> None:
+    from .accuracy.commands import register as register_accuracy
+
+    register_accuracy(cli)
+
+
+_register_command_groups()
 
 
 # ---------------------------------------------------------------------------------- entry
