@@ -73,6 +73,10 @@ def build(
         instruments.append(ProgressInstrument(echo))
     PassManager(passes, instruments, keep_going=keep_going).run(ir, ctx)
     exporter = ctx.option("exporter")
+    if exporter is None and ctx.option("emit") == "program":
+        from .lowering.lower import program_exporter
+
+        exporter = program_exporter
     out = exporter(ir, ctx) if exporter else ir_to_model(ir)
     if "quant_plan" in ir.ann.notes:
         _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part)

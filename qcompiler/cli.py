@@ -295,6 +295,43 @@ def _lines_of(path):
     return node_lines(load_ir(p))
 
 
+# ---------------------------------------------------------------------------------- program
+@cli.command("run")
+@click.argument("program", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="A .npy (one-input program) or a .npz with arrays named after the inputs.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npy or .npz.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def run_cmd(program, input_path, output, force):
+    """Execute a lowered program (--emit program) with the integer reference interpreter."""
+    from .lowering.verify import run_program_files
+
+    outs = run_program_files(program, input_path, output, force=force)
+    for name, value in outs.items():
+        _echo_err(f"{name}: {value.dtype}{list(value.shape)}")
+    _echo_err(f"wrote {output}")
+
+
+@cli.command("verify")
+@click.argument("program", type=click.Path(dir_okay=False))
+@click.argument("qdq_model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(), help="A .npy/.npz file or a folder of them.")
+@click.option("--task", type=click.Choice(["auto", "argmax", "probmap", "none"]), default="auto", show_default=True,
+              help="Task check: argmax agreement or probability map above 0.3.")
+def verify_cmd(program, qdq_model, data, task):
+    """Run PROGRAM and QDQ_MODEL (in ONNX Runtime) on the same inputs and report agreement."""
+    from .errors import QCompilerError
+    from .lowering.verify import verify_files
+
+    rep = verify_files(program, qdq_model, data, task=task)
+    click.echo(rep.format())
+    if not rep.ok():
+        err = QCompilerError("the program and the QDQ model disagree beyond one quantization step",
+                             "see the per-output table above")
+        err.exit_code = 1
+        raise err
+
+
 # ---------------------------------------------------------------------------------- targets
 @cli.group("targets", invoke_without_command=True)
 @click.pass_context
@@ -320,6 +357,11 @@ def _register_command_groups() -> None:
     from .accuracy.commands import register as register_accuracy
 
     register_accuracy(cli)
+    try:
+        from .advanced.commands import register as register_advanced
+    except ImportError:  # pragma: no cover - the advanced tools are optional in a partial checkout
+        return
+    register_advanced(cli)
 
 
 _register_command_groups()
