@@ -122,6 +122,9 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
         return
     first = next(iter(eval_source()), None)
     r["macs"] = rpt.int8_mac_share(int8, plan, first)
+    from .accuracy.hooks import add_bitops
+
+    add_bitops(r, ir, first)
     if ctx.option("evaluate", True):
         acc = rpt.output_error(_unique_node_names(fp32), int8, eval_source())
         acc["held_out"] = eval_source is not ctx.calib

@@ -90,6 +90,7 @@ def mac_counts(model: onnx.ModelProto, feeds: Optional[Dict[str, np.ndarray]] = 
     shape inference on the given input shapes."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    del m.graph.value_info[:]  # stale symbolic shapes would win over the concrete input shapes
     if feeds:
         for vi in m.graph.input:
             if vi.name in feeds:
@@ -105,7 +106,7 @@ def mac_counts(model: onnx.ModelProto, feeds: Optional[Dict[str, np.ndarray]] = 
     shapes = {}
     for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
         dims = vi.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
+        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             shapes[vi.name] = tuple(d.dim_value for d in dims)
     for init in m.graph.initializer:
         shapes[init.name] = tuple(init.dims)
@@ -125,7 +126,7 @@ def mac_counts(model: onnx.ModelProto, feeds: Optional[Dict[str, np.ndarray]] = 
                 macs[node.name] = int(np.prod(x)) * int(np.prod(w[1:]))
         else:  # MatMul / Gemm: out elements x K
             a = shapes.get(node.input[0])
-            if a is not None:
+            if a:  # a scalar or unknown shape gives no K
                 trans_a = any(at.name == "transA" and at.i for at in node.attribute)
                 k = a[-2] if trans_a else a[-1]
                 macs[node.name] = int(np.prod(out)) * int(k)

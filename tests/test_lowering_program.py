@@ -142,7 +142,7 @@ def test_save_load_round_trip(tmp_path):
     save_program(prog, path)
     assert sorted(os.listdir(tmp_path)) == ["model.program.onnx"]  # atomic: no temporary left
     back = load_program(path)
-    assert (back.target, back.rounding, back.requant) == ("arm64", "half_away_from_zero", "fixed_point")
+    assert (back.target, back.rounding, back.requant) == ("arm64", "single_rounding", "fixed_point")
     assert [(n.op, n.name, n.inputs, n.outputs, n.domain) for n in back.nodes] == \
         [(n.op, n.name, n.inputs, n.outputs, n.domain) for n in prog.nodes]
     for a, b in zip(prog.nodes, back.nodes):
@@ -170,7 +170,7 @@ def test_file_opens_as_onnx(tmp_path):
     onnx.checker.check_model(model)  # custom-domain kernels are not checked against schemas
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["qcompiler.format"] == FORMAT and meta["qcompiler.target"] == "arm64"
-    assert meta["qcompiler.rounding"] == "half_away_from_zero" and meta["qcompiler.requant"] == "fixed_point"
+    assert meta["qcompiler.rounding"] == "single_rounding" and meta["qcompiler.requant"] == "fixed_point"
     assert any(n.domain == DOMAIN and n.op_type == "Conv" for n in model.graph.node)
     docs = {vi.name: vi.doc_string for vi in model.graph.value_info}
     assert any("layout=NCHW44" in d for d in docs.values())

@@ -116,7 +116,7 @@ def test_arm64_facts():
     assert (t.weight.dtype, t.weight.symmetric, t.weight.per_channel) == ("int8", True, True)
     assert (t.weight.qmin, t.weight.qmax) == (-127, 127)
     assert (t.requant.style, t.requant.precision) == ("fixed_point", "q31")
-    assert t.rounding == "half_away_from_zero"
+    assert t.rounding == "single_rounding"
     assert t.pad_channels == 4 and t.fallback_layout == "NCHW"
     layouts = {r.layout for r in t.layout_rules_for("Conv")}
     assert layouts == {"NCHW44"}
