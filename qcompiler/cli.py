@@ -27,6 +27,12 @@ def accuracy_build_options(f):
     return build_options(f)
 
 
+def advanced_build_options(f):
+    from .advanced.commands import build_options
+
+    return build_options(f)
+
+
 def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -87,16 +93,19 @@ def cli():
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
 @accuracy_build_options
+@advanced_build_options
 def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib, calib_samples, batch_size,
-              method, percentile, preprocess, emit, report_path, keep_going, force, quiet, **accuracy):
+              method, percentile, preprocess, emit, report_path, keep_going, force, quiet, **extra_options):
     """Compile MODEL through a pass pipeline and write the result."""
     from .accuracy.commands import build_options_to_dict
+    from .advanced.commands import build_options_to_dict as advanced_options_to_dict
     from .build import build, resolve_target
     from .ir.io import save_model
 
     model_path = Path(model)
-    acc_options = build_options_to_dict(**accuracy)
-    if target is None and (calib is not None or acc_options.get("data_free")):
+    acc_options = build_options_to_dict(**extra_options)
+    adv_options = advanced_options_to_dict(**extra_options)
+    if target is None and (calib is not None or acc_options.get("data_free") or adv_options.get("mode")):
         target = "x86"
     out = Path(output) if output else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
@@ -122,6 +131,13 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
         target = resolve_target(target)
         names = names or list(getattr(target, "pipeline", ()))
         names, options, extra = prepare_build(model_path, target, names, calib_fn, options, echo)
+    if adv_options or (target is not None and not names):  # mode auto-detects Q/DQ models
+        from .advanced.pipeline import prepare_build as prepare_advanced
+
+        target = resolve_target(target)
+        explicit = names is not None
+        names = names or list(getattr(target, "pipeline", ()))
+        names, options = prepare_advanced(model_path, names, {**options, **adv_options}, explicit=explicit)
     result = build(model_path, target=target, pipeline=names,
                    add_passes=add_pass, plugins=plugin, calib=calib_fn, dump_dir=dump_dir,
                    options=options, keep_going=keep_going, echo=echo)
@@ -383,8 +399,9 @@ def main(argv=None) -> int:
             traceback.print_exc()
         _echo_err(f"error: {e}")
         return e.exit_code
-    except click.exceptions.Abort:
-        _echo_err("error: aborted")
+    except click.exceptions.Abort as e:
+        # click turns Ctrl-C (KeyboardInterrupt) into Abort; say what happened
+        _echo_err("error: interrupted" if isinstance(e.__context__, KeyboardInterrupt) else "error: aborted")
         return 130
     except click.ClickException as e:
         command = args[0] if args and args[0] in cli.commands else ""
