@@ -20,8 +20,9 @@ def _source_copy(tmp_path) -> Path:
 
 
 def _pip(*args, cwd):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", *args],
-                   check=True, cwd=cwd)
+    # --ignore-installed: never uninstall the qcompiler the test session itself runs from
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--ignore-installed", *args], check=True, cwd=cwd)
 
 
 def test_pip_install_ships_passes_and_targets(tmp_path):
