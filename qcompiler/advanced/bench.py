@@ -49,25 +49,6 @@ def _outputs(model, batches) -> np.ndarray:
     return np.concatenate([s.run(None, b)[0] for b in batches])
 
 
-def _robust_mac_share():
-    """The build report's MAC counter trips on tensors without a shape (ppocr_cls's head);
-    the bench needs no MAC share, so a failure there is not fatal."""
-    import qcompiler.report as rpt
-
-    if getattr(rpt.int8_mac_share, "_bench_safe", False):
-        return
-    inner = rpt.int8_mac_share
-
-    def safe(*args, **kwargs):
-        try:
-            return inner(*args, **kwargs)
-        except Exception:
-            return {"total_macs": 0, "int8_macs": 0, "int8_share": None}
-
-    safe._bench_safe = True
-    rpt.int8_mac_share = safe
-
-
 def measure(name: str, configs: Dict[str, dict], n_calib: int = 64, n_eval: int = 64, batch: int = 8,
             target: str = "arm64") -> List[dict]:
     import onnx
@@ -76,7 +57,6 @@ def measure(name: str, configs: Dict[str, dict], n_calib: int = 64, n_eval: int 
     from qcompiler.report import sqnr_db
     from qcompiler.testing.real_models import real_model_path
 
-    _robust_mac_share()
     path = real_model_path(name)
     fp32 = onnx.load(path)
     input_name = fp32.graph.input[0].name
