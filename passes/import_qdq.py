@@ -306,8 +306,9 @@ def _weights(ir, target, imp, kernels):
         ir.ann.qspec[k.weight] = scheme
         ir.ann.qparams[k.weight] = new
     for why, n in reasons.items():
-        notes.append(f"{n} weights imported as {why}; {target.name} wants "
-                     f"{target.scheme('weight')}: re-quantized from their dequantized values")
+        wanted = to_quant_scheme(target.scheme("weight"), 0 if target.scheme("weight").per_channel else None)
+        notes.append(f"{n} weights imported as {why}; {target.name} wants {wanted}: re-quantized from their "
+                     "dequantized values")
     return notes, kept
 
 
