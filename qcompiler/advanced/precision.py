@@ -329,6 +329,9 @@ def apply_precision(ir, ctx, plan: Optional[Plan] = None, weights_only: bool = F
     asum: Dict[str, int] = {}
     if not weights_only:
         asum = _apply_activation_dtypes(ir, ctx, plan, choices, by_kernel)
+    upgraded = upgraded or bool(ctx.report.get("precision", {}).get("upgraded"))  # an earlier call did it
+    if weights_only and ctx.report.get("precision", {}).get("activations"):
+        asum = ctx.report["precision"]["activations"]
     summary = {"weights": wsum, "activations": asum, "kernels": len(choices), "opset": ir.opset,
                "upgraded": upgraded}
     if req.layers:
