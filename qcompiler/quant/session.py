@@ -23,7 +23,7 @@ def session_with_outputs(model: onnx.ModelProto, names: List[str]) -> ort.Infere
             m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:
