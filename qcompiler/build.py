@@ -13,6 +13,7 @@ import onnx
 
 from .errors import ModelError, PipelineError, VerifyError
 from .ir import IR, ir_to_model, load_ir, read_model
+from .ir.io import model_size
 from .pipeline import Context, PassManager, build_pipeline, load_plugin
 from .pipeline.dumps import DumpInstrument, ProgressInstrument
 
@@ -117,7 +118,7 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
     r["quantization"] = {"kernels": len(plan["kernels"]), "float_nodes": len(plan["float_reasons"]),
                          "quantized_tensors": len(plan["tensors"]), "qdq": rpt.qdq_counts(int8)}
     r["float_reasons"] = dict(sorted(plan["float_reasons"].items()))
-    r["size"] = {"before": fp32.ByteSize(), "after": int8.ByteSize()}
+    r["size"] = {"before": model_size(fp32), "after": model_size(int8)}  # ByteSize() fails over 2 GB
     if eval_source is None or ctx.option("emit", "qdq") == "program":
         return
     first = next(iter(eval_source()), None)
