@@ -285,3 +285,32 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
                              else "choose another output path") from None
         raise
     return out
+
+
+def ort_session(model: onnx.ModelProto, options=None, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime InferenceSession for a ModelProto of any size.
+
+    Up to 2 GB the serialized proto goes to ONNX Runtime directly. Over 2 GB protobuf cannot
+    serialize it ("Failed to serialize proto"), so the model's tensors are written to a
+    temporary external data file that the session reads, and then loaded back into `model`,
+    which ends up as it was (no second in-memory copy of the weights is made).
+    """
+    import onnxruntime as ort
+
+    if model_size(model) <= TWO_GB:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
+    from onnx.external_data_helper import convert_model_to_external_data, load_external_data_for_model
+
+    inits = model.graph.initializer
+    had_location = [t.HasField("data_location") for t in inits]
+    with tempfile.TemporaryDirectory(prefix="qcompiler-ort-") as d:
+        convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.data",
+                                       size_threshold=1024)
+        try:
+            onnx.save_model(model, os.path.join(d, "model.onnx"))  # moves the tensor data to weights.data
+            return ort.InferenceSession(os.path.join(d, "model.onnx"), options, providers=list(providers))
+        finally:
+            load_external_data_for_model(model, d)  # and back into the proto
+            for t, had in zip(inits, had_location):
+                if not had:
+                    t.ClearField("data_location")
