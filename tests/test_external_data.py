@@ -190,3 +190,42 @@ def test_internal_write_errors_are_not_blamed_on_the_disk(tmp_path, monkeypatch)
     with pytest.raises(FileNotFoundError):
         qio.save_model(conv_bn_relu(), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ort_session_over_2gb_keeps_the_model(monkeypatch):
+    """ort_session goes through a temporary external data file when the proto is too big to
+    serialize (simulated by lowering the limit) and leaves the model as it was."""
+    model = residual_concat_net(channels=16, hw=8, blocks=1)
+    before = model.SerializeToString()
+    x = {"input": np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32)}
+    ref = qio.ort_session(model).run(None, x)[0]
+    monkeypatch.setattr(qio, "TWO_GB", 1000)
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(source, *a, **k):
+        seen.append(source)
+        return real(source, *a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    got = qio.ort_session(model).run(None, x)[0]
+    monkeypatch.undo()
+    assert len(seen) == 1 and isinstance(seen[0], str), "over the limit, the session must load from a file"
+    assert np.array_equal(ref, got)
+    assert model.SerializeToString() == before
+
+
+def test_report_size_works_over_2gb(work, capsys, monkeypatch):
+    """Regression: the report measured sizes with ModelProto.ByteSize(), which raises
+    EncodeError over 2 GB (found by bench/bench_large_model.py). Over the (lowered) limit the
+    size is the sum of the tensor data plus the nodes."""
+    monkeypatch.setattr(qio, "TWO_GB", 1000)
+    model = residual_concat_net(channels=16, hw=8, blocks=1)
+    onnx.save(model, "in/model.onnx")
+    rc, err = _run(["build", "in/model.onnx", "--calib", _calib((3, 8, 8)), "-o", "out/m.onnx", "-q",
+                    "--report", "out/r.json"], capsys)
+    assert rc == 0, err
+    size = json.loads(Path("out/r.json").read_text())["size"]
+    data = sum(len(t.raw_data) for t in model.graph.initializer)
+    assert size["before"] == data + sum(n.ByteSize() for n in model.graph.node)
+    assert size["after"] < size["before"]
