@@ -970,3 +970,18 @@ def test_keep_going_still_fails_on_bad_input(workdir: Path, capsys):
     rc, _, err = run_cli(build(save(good_model()), "--calib", calib(shape=(3, 8, 8)), "--keep-going"), capsys)
     assert rc == 2 and "expects (1, 3, 16, 16)" in error_lines(err)[0]
     assert files_under(workdir / "out") == []
+
+
+def test_interrupt_exits_130_and_leaves_nothing(workdir: Path, capsys):
+    """Ctrl-C during a pass (even with --keep-going, which skips only failures): exit 130,
+    'error: interrupted', no output, no report, no temporary file."""
+    model = save(good_model())
+    args = build(model, "--calib", calib(), "--target", "x86", "--plugin", corpus("plugin_interrupt.py"),
+                 "--add-pass", "corpus-interrupt:after=calibrate", "--keep-going", "--report", "out/r.json")
+    before = hash_tree(workdir / "in")
+    rc, out, err = run_cli(args, capsys)
+    assert rc == 130
+    assert error_lines(err) == ["error: interrupted"]
+    assert "Traceback" not in err + out
+    assert files_under(workdir / "out") == []
+    assert hash_tree(workdir / "in") == before
