@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from qcompiler.build import require_calibration
 from qcompiler.errors import CalibrationError
 from qcompiler.ir.io import ir_to_model
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.observers import make_observer, per_channel_minmax
-from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_axis
-from qcompiler.quant.qparams import compute_qparams
+from qcompiler.quant.observers import make_observer
+from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
 
 
@@ -55,29 +53,7 @@ class Calibrate(Pass):
             rep["batches"] = batches
         ir.ann.notes["ranges"] = ranges
         ir.ann.qparams.update(group_qparams(ir, ranges, act))
-        n_w = _weight_qparams(ir, ctx, plan)
+        n_w = weight_qparams(ir, ctx.target, plan)
         rep.update(method=method, tensors=len(ranges), weights=n_w, seconds=round(time.perf_counter() - t0, 4))
         ctx.report["calibration"] = {"method": method, "seconds": rep["seconds"], "batches": rep.get("batches", 0)}
         return bool(ranges) or n_w > 0
-
-
-def _weight_qparams(ir, ctx, plan) -> int:
-    tensors = ir.tensors()
-    count = 0
-    for k in plan.kernels:
-        if k.weight is None or k.weight in ir.ann.qparams:
-            continue
-        w = ir.const_value(tensors[k.weight])
-        anchor = next(n for n in ir.graph.nodes if n.name == k.nodes[0])
-        ts = ctx.target.scheme("weight", k.op)
-        axis = weight_axis(k.op, anchor.attrs, w.ndim) if ts.per_channel else None
-        scheme = to_quant_scheme(ts, axis)
-        if axis is None:
-            finite = w[np.isfinite(w)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        else:
-            lo, hi = per_channel_minmax(w, axis)
-        ir.ann.qspec[k.weight] = scheme
-        ir.ann.qparams[k.weight] = compute_qparams(lo, hi, scheme)
-        count += 1
-    return count

@@ -13,39 +13,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from qcompiler.quant.observers import per_channel_minmax
-from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_axis
-from qcompiler.quant.qparams import compute_qparams
+from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams  # noqa: F401 (re-exported)
 
 
 def node_map(ir) -> Dict[str, object]:
     return {n.name: n for n in ir.graph.nodes}
-
-
-def weight_qparams(ir, target, plan: Plan, overwrite: bool = False) -> int:
-    """Per-channel (or per-tensor) weight QParams from the weight values, as the target says."""
-    tensors = ir.tensors()
-    nodes = node_map(ir)
-    count = 0
-    for k in plan.kernels:
-        if k.weight is None or (k.weight in ir.ann.qparams and not overwrite) or k.weight not in tensors:
-            continue
-        w = ir.const_value(tensors[k.weight])
-        if w is None:
-            continue
-        anchor = nodes[k.nodes[0]]
-        ts = target.scheme("weight", k.op)
-        axis = weight_axis(k.op, anchor.attrs, w.ndim) if ts.per_channel else None
-        scheme = to_quant_scheme(ts, axis)
-        if axis is None:
-            finite = w[np.isfinite(w)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        else:
-            lo, hi = per_channel_minmax(w, axis)
-        ir.ann.qspec[k.weight] = scheme
-        ir.ann.qparams[k.weight] = compute_qparams(lo, hi, scheme)
-        count += 1
-    return count
 
 
 def apply_ranges(ir, target, ranges: Dict[str, Tuple[float, float]]) -> None:

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Set
 
 import numpy as np
 
+from .observers import per_channel_minmax
 from .qparams import compute_qparams
 from .scheme import QuantScheme
 
@@ -105,3 +106,28 @@ def tensors_in_order(ir, names: Set[str]) -> List[str]:
                 order.append(t.name)
                 seen.add(t.name)
     return order
+
+
+def weight_qparams(ir, target, plan: Plan, overwrite: bool = False) -> int:
+    """Per-channel (or per-tensor) weight QParams from the weight values, as the target says."""
+    tensors = ir.tensors()
+    nodes = {n.name: n for n in ir.graph.nodes}
+    count = 0
+    for k in plan.kernels:
+        if k.weight is None or (k.weight in ir.ann.qparams and not overwrite) or k.weight not in tensors:
+            continue
+        w = ir.const_value(tensors[k.weight])
+        if w is None:
+            continue
+        ts = target.scheme("weight", k.op)
+        axis = weight_axis(k.op, nodes[k.nodes[0]].attrs, w.ndim) if ts.per_channel else None
+        scheme = to_quant_scheme(ts, axis)
+        if axis is None:
+            finite = w[np.isfinite(w)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        else:
+            lo, hi = per_channel_minmax(w, axis)
+        ir.ann.qspec[k.weight] = scheme
+        ir.ann.qparams[k.weight] = compute_qparams(lo, hi, scheme)
+        count += 1
+    return count
