@@ -759,7 +759,9 @@ def test_subprocess_exit_codes(case_id: str, workdir: Path):
     c = CASES[[c.id for c in CASES].index(case_id)]
     args = c.setup()
     before = hash_tree(workdir / "in")
-    p = subprocess.run([sys.executable, "-m", "qcompiler", *args], capture_output=True, text=True, timeout=120)
+    # cwd outside the repository: `python -m` puts the cwd first on sys.path
+    p = subprocess.run([sys.executable, "-m", "qcompiler", *args], capture_output=True, text=True, timeout=120,
+                       cwd=workdir)
     assert p.returncode == c.code, p.stderr
     assert "Traceback" not in p.stderr + p.stdout
     errors = error_lines(p.stderr)
@@ -773,7 +775,7 @@ def test_debug_shows_traceback(workdir: Path):
     c = CASES[[c.id for c in CASES].index("plugin-pass-raises")]
     args = c.setup()
     p = subprocess.run([sys.executable, "-m", "qcompiler", *args, "--debug"], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, cwd=workdir)
     assert p.returncode == 2
     assert "Traceback" in p.stderr and "deliberate failure" in p.stderr
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,9 @@ def _args(inputs: Path, out: Path, target: str, method: str):
 
 def _build_subprocess(args, hash_seed: str):
     env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+    # cwd outside the repository: `python -m` puts the cwd first on sys.path
     p = subprocess.run([sys.executable, "-m", "qcompiler", *args], capture_output=True, text=True, env=env,
-                       timeout=300)
+                       timeout=300, cwd=tempfile.gettempdir())
     assert p.returncode == 0, p.stderr
 
 
