@@ -211,14 +211,17 @@ def run_model(sess, name: str, xs: np.ndarray, batch: int = 16) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def make_session(model, threads: int = 0):
+def make_session(model, threads: int = 0, optimize: bool = True):
     """An ONNX Runtime CPU session: all graph optimisations, `threads` intra-op threads
-    (0 = ORT's default), sequential execution."""
+    (0 = ORT's default), sequential execution. ``optimize=False`` disables every graph
+    optimisation: Q/DQ nodes then run as written (float arithmetic between them, no fused
+    integer kernels), the reference semantics of a Q/DQ model."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads:
         so.intra_op_num_threads = threads
