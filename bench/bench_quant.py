@@ -713,12 +713,24 @@ def summary_table(results: List[Dict]) -> str:
                      "qc INT8 MACs %"], rows)
 
 
+def portable(obj):
+    """A copy of results without machine paths: temporary model files are dropped and
+    other absolute paths shortened to their file names."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items() if k not in ("out", "pre_out", "traceback")}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj) and os.sep in obj and " " not in obj:
+        return os.path.basename(obj)
+    return obj
+
+
 def write_results(results, meta, out_dir, quick):
     os.makedirs(out_dir, exist_ok=True)
     V = verdicts(results)
     stem = "quant-quick" if quick else "quant"
     with open(os.path.join(out_dir, stem + ".json"), "w") as f:
-        json.dump({"meta": meta, "results": results, "verdicts": V}, f, indent=1, default=str)
+        json.dump(portable({"meta": meta, "results": results, "verdicts": V}), f, indent=1, default=str)
     cpu, sw = meta["cpu"], meta["software"]
     flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items())
     lines = [f"# qcompiler vs ONNX Runtime quantize_static{' (QUICK smoke run)' if quick else ''}", "",
