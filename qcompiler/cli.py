@@ -19,6 +19,7 @@ import click
 
 from . import __version__
 from .errors import QCompilerError, UsageError
+from .ir.io import check_writable
 
 
 def accuracy_build_options(f):
@@ -181,13 +182,7 @@ def _check_output(model_path: Path, out: Path, force: bool, other_inputs=()) -> 
         if i and _same_file(out, Path(i)):
             raise UsageError(f"output '{out}' is an input of the build" + (f" ('{i}')" if str(i) != str(out) else ""),
                              "choose another -o path; inputs are never overwritten")
-    if out.exists() and not force:
-        raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output folder '{parent}' does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"output folder '{parent}' is not writable", "choose another output path")
+    check_writable(out, force)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -211,13 +206,7 @@ def _check_report(report: Path, out: Path, inputs, force: bool) -> None:
     if os.path.abspath(report) == os.path.abspath(out) or _same_file(report, out):
         raise UsageError(f"--report and the output model are the same file '{report}'",
                          "choose another --report path")
-    if report.exists() and not force:
-        raise UsageError(f"report '{report}' already exists", "pass --force to overwrite it")
-    parent = report.parent if str(report.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"report folder '{parent}' does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"report folder '{parent}' is not writable", "choose another --report path")
+    check_writable(report, force, what="report", hint="choose another --report path")
 
 
 def _write_temp(path: Path, text: str) -> Path:

@@ -231,6 +231,20 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def check_writable(path: Path, force: bool, what: str = "output",
+                   hint: str = "choose another output path") -> Path:
+    """A file may be written at `path`: not there (or --force), in a writable folder.
+    Returns the folder."""
+    if path.exists() and not force:
+        raise UsageError(f"{what} '{path}' already exists", "pass --force to overwrite it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{what} folder '{parent}' does not exist", "create it first")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{what} folder '{parent}' is not writable", hint)
+    return parent
+
+
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: bool = False,
                external_data: bool | None = None) -> Path:
     """Write atomically: temporary file in the target folder, then rename into place.
@@ -238,15 +252,9 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
     External data is used when asked, or automatically when the model is over 2 GB.
     """
     out = Path(path)
-    if out.exists() and not force:
-        raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")
+    parent = check_writable(out, force)
     if out.is_dir():
         raise UsageError(f"output '{out}' is a folder", "give a file name for the output model")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise UsageError(f"output folder '{parent}' does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"output folder '{parent}' is not writable", "choose another output path")
     use_ext = external_data if external_data is not None else model_size(model) > TWO_GB
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
