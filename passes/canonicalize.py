@@ -1,4 +1,6 @@
-"""canonicalize: opset >= 13, shape inference, constant folding, no Identity/Dropout/Constant nodes."""
+"""canonicalize: opset >= 13, shape inference, constant folding, no Identity/Dropout/Constant nodes,
+division by a float constant rewritten as multiplication by its reciprocal (Mul has integer
+kernels on every target; Div has none, so `x * relu6(x + 3) / 6` would leave a float island)."""
 
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ class Canonicalize(Pass):
         folded = _fold_constants(ir)
         rep["constants_folded"] = folded
         changed |= folded > 0
+        n = _div_to_mul(ir)
+        rep["div_by_constant_to_mul"] = n
+        changed |= n > 0
         return changed
 
 
@@ -125,6 +130,25 @@ def _remove_identities(ir) -> int:
         if ir.is_graph_output(out) and len(src.outputs) > 1:
             continue  # renaming src would rename a tensor other nodes also read under its own name
         ir.bypass(node)
+        count += 1
+    return count
+
+
+def _div_to_mul(ir) -> int:
+    """x / c -> x * (1 / c) for float constants c whose reciprocal is finite (differs by <= 1 ulp)."""
+    count = 0
+    for node in list(ir.graph.nodes):
+        if node.op != "Div" or node.domain not in ("", None) or len(node.inputs) != 2:
+            continue
+        x, c = node.inputs
+        value = ir.const_value(c)
+        if value is None or ir.const_value(x) is not None or value.dtype not in (np.float32, np.float64):
+            continue
+        with np.errstate(divide="ignore", over="ignore"):
+            recip = (1.0 / value.astype(np.float64)).astype(value.dtype)
+        if not np.all(np.isfinite(value)) or not np.all(np.isfinite(recip)) or np.any(value == 0):
+            continue
+        ir.replace_node(node, "Mul", [x, ir.constant(f"{c.name}_reciprocal", recip)])
         count += 1
     return count
 

@@ -4,7 +4,10 @@
   all consumers, or one pair per consumer where the target says so: TensorRT);
 - weights become int8 initializers behind a (per-channel) DequantizeLinear;
 - biases become int32 with scale s_in * s_w (zero point 0), so ONNX Runtime fuses
-  DQ -> Conv -> Q into QLinearConv; targets that keep float biases keep them.
+  DQ -> Conv -> Q into QLinearConv; targets that keep float biases keep them;
+- a float constant operand of an Add/Mul kernel becomes an integer initializer behind a
+  DequantizeLinear (activation scheme, per-tensor): ONNX Runtime fuses DQ -> Add/Mul -> Q
+  into QLinearAdd/QLinearMul only when every input comes from a DQ.
 Nothing is placed inside a kernel (a fused region), and no Q/DQ is placed where no
 kernel needs it.
 """
@@ -14,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import Plan, is_float, to_quant_scheme
 from qcompiler.advanced.precision import apply_precision, weight_codes
-from qcompiler.quant.qparams import QParams, quantize
+from qcompiler.quant.qparams import QParams, compute_qparams, quantize
 
 
 @register_pass("place-qdq", requires={"calibrated"}, provides={"qdq-placed"})
@@ -50,8 +53,10 @@ class PlaceQDQ(Pass):
                                   include_graph_output=is_out)
                 pairs += 1
         weights, biases = _quantize_params(ir, plan, target, rounding)
-        ctx.pass_report(self.name).update(qdq_pairs=pairs, weights=weights, int32_biases=biases)
-        return pairs + weights > 0
+        operands = _quantize_constant_operands(ir, plan, target, rounding)
+        ctx.pass_report(self.name).update(qdq_pairs=pairs, weights=weights, int32_biases=biases,
+                                          constant_operands=operands)
+        return pairs + weights + operands > 0
 
 
 def _qdq(ir, src, qp: QParams, base: str):
@@ -84,6 +89,30 @@ def _storage(values, qp: QParams) -> np.ndarray:
 
         return arr.astype(ml_dtypes.int4 if qp.dtype == "int4" else ml_dtypes.uint4)
     return arr
+
+
+CONST_OPERAND_OPS = ("Add", "Mul")
+
+
+def _quantize_constant_operands(ir, plan: Plan, target, rounding: str) -> int:
+    """Quantize float constant operands of Add/Mul kernels whose activation input is quantized."""
+    nodes = {n.name: n for n in ir.graph.nodes}
+    scheme = to_quant_scheme(target.scheme("activation"))
+    count = 0
+    for k in plan.kernels:
+        anchor = nodes.get(k.nodes[0])
+        if anchor is None or anchor.op not in CONST_OPERAND_OPS or len(anchor.inputs) != 2:
+            continue
+        if not any(name in ir.ann.qparams for name in k.inputs):
+            continue  # nothing quantized feeds it, so it cannot become an integer op
+        for i, t in enumerate(anchor.inputs):
+            value = ir.const_value(t)
+            if value is None or not is_float(t) or value.size == 0 or not np.all(np.isfinite(value)):
+                continue
+            qp = compute_qparams(float(value.min()), float(value.max()), scheme)
+            ir.set_input(anchor, i, _dq_const(ir, quantize(value, qp, rounding), qp, f"{anchor.name}_in{i}"))
+            count += 1
+    return count
 
 
 def _quantize_params(ir, plan: Plan, target, rounding: str):

@@ -191,6 +191,17 @@ class IR:
             self.replace_uses(tensor, new, exclude=created + others)
         return new
 
+    def replace_node(self, node: Node, op: str, inputs: Sequence[Tensor], attrs: Optional[dict] = None) -> Node:
+        """Swap `node` for an `op` node with the same name, place and outputs (a local rewrite)."""
+        outputs = list(node.outputs)
+        index = next(i for i, n in enumerate(self.graph.nodes) if n is node)
+        node.inputs.clear()
+        node.outputs.clear()
+        new = gs.Node(op=op, name=node.name, attrs=dict(attrs or {}), inputs=list(inputs), outputs=outputs,
+                      domain=node.domain)
+        self.graph.nodes[index] = new
+        return new
+
     def remove_node(self, node: Node) -> None:
         """Detach and drop a node. Its outputs must have no remaining consumers."""
         for t in node.outputs:
