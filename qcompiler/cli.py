@@ -108,6 +108,11 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     adv_options = advanced_options_to_dict(**extra_options)
     if target is None and (calib is not None or acc_options.get("data_free") or adv_options.get("mode")):
         target = "x86"
+    if target == "x86":
+        from .target.host import X86_HINT, avx2_without_vnni
+
+        if avx2_without_vnni():
+            _echo_err(f"warning: {X86_HINT}")
     out = Path(output) if output else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
     inputs = [model_path, calib, target, preprocess, *plugin]

@@ -100,13 +100,13 @@ def test_x86_facts():
     assert p.residual_add == "quantize_both"
 
 
-def test_x86_avx2_reduces_weight_range_only():
+def test_x86_avx2_makes_weight_pairs_safe_only():
     x86, avx2 = load_target("x86"), load_target("x86-avx2")
     assert avx2.lineage == ("x86-avx2", "x86")
-    assert avx2.weight.reduce_range and not x86.weight.reduce_range
-    assert (avx2.weight.bits, avx2.weight.qmin, avx2.weight.qmax) == (7, -63, 63)
-    # the ConvTranspose override only changes the axis, so it inherits reduce_range
-    assert avx2.scheme("weight", "ConvTranspose").reduce_range
+    assert avx2.weight.pair_safe and not x86.weight.pair_safe and not avx2.weight.reduce_range
+    assert (avx2.weight.bits, avx2.weight.qmin, avx2.weight.qmax) == (8, -127, 127)
+    # the ConvTranspose override only changes the axis, so it inherits pair_safe
+    assert avx2.scheme("weight", "ConvTranspose").pair_safe
     assert avx2.activation == x86.activation and avx2.patterns == x86.patterns
     assert avx2.pipeline == x86.pipeline
 
@@ -264,7 +264,7 @@ def test_format_output_is_the_language(tmp_path):
     text = format_target(load_target("x86-avx2"))
     assert text.startswith("# resolved: x86-avx2 <- x86")
     assert "extends" not in text  # inheritance is applied, not restated
-    assert re.search(r"^  weight\s+int8 symmetric per_channel\(axis=0\) narrow reduce_range$",
+    assert re.search(r"^  weight\s+int8 symmetric per_channel\(axis=0\) narrow pair_safe$",
                      text, re.M)
     p = tmp_path / "flat.qtarget"
     p.write_text(text)

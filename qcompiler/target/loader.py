@@ -39,7 +39,7 @@ SUFFIX = ".qtarget"
 _LOAD_HINT = "give a shipped target name (`qcompiler targets` lists them) or a path to a .qtarget file"
 
 _DEFAULT_BIAS = QuantScheme(role="bias", dtype="int32", symmetric=True, granularity="per_tensor",
-                            narrow=False, reduce_range=False)
+                            narrow=False, reduce_range=False, pair_safe=False)
 
 _shipped_cache: dict[str, Target] = {}
 

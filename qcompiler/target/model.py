@@ -50,6 +50,7 @@ class QuantScheme:
     axis: int | None = None  # set when granularity == "per_channel"
     narrow: bool | None = None  # symmetric range without the lowest value: [-127, 127]
     reduce_range: bool | None = None  # one bit less: 7-bit weights for u8s8 on AVX2
+    pair_safe: bool | None = None  # weights: |q| of adjacent reduction pairs sums to <= 128
     pos: Pos | None = _pos()
 
     @property
@@ -94,6 +95,7 @@ class QuantScheme:
             axis=axis if gran == "per_channel" else None,
             narrow=pick(self.narrow, base.narrow),
             reduce_range=pick(self.reduce_range, base.reduce_range),
+            pair_safe=pick(self.pair_safe, base.pair_safe),
             pos=self.pos,
         )
 

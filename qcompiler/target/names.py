@@ -31,7 +31,8 @@ ROLE_DTYPES: dict[str, tuple[str, ...]] = {
 }
 
 # scheme options written after the dtype
-SCHEME_FLAGS = ("symmetric", "asymmetric", "per_tensor", "per_channel", "narrow", "reduce_range")
+SCHEME_FLAGS = ("symmetric", "asymmetric", "per_tensor", "per_channel", "narrow", "reduce_range",
+                "pair_safe")
 
 ROUNDING_MODES = ("half_away_from_zero", "half_to_even", "single_rounding")
 

@@ -323,7 +323,7 @@ class _Builder:
                 self.fail(pos, f"the {role} scheme needs a dtype, one of "
                                + ", ".join(N.ROLE_DTYPES[role]))
             full = dict(symmetric=True, granularity="per_tensor", narrow=False,
-                        reduce_range=False)
+                        reduce_range=False, pair_safe=False)
             full.update({k: v for k, v in fields.items() if v is not None})
             if full["granularity"] == "per_tensor":
                 full["axis"] = None
@@ -338,7 +338,7 @@ class _Builder:
 
     def scheme_options(self, role: str, options: list[Tree], override: bool) -> dict:
         fields: dict[str, Any] = dict(dtype=None, symmetric=None, granularity=None, axis=None,
-                                      narrow=None, reduce_range=None)
+                                      narrow=None, reduce_range=None, pair_safe=None)
         seen: dict[str, Token] = {}
 
         def once(slot: str, tok: Token, value: Any, label: str):
@@ -376,6 +376,10 @@ class _Builder:
                 fields["axis"] = int(str(opt.children[2]))
             elif word == "narrow":
                 once("narrow", head, True, word)
+            elif word == "pair_safe":
+                if role != "weight":
+                    self.fail(head, f"pair_safe applies to weights only, not to {role}")
+                once("pair_safe", head, True, word)
             else:  # reduce_range
                 once("reduce_range", head, True, word)
         return fields

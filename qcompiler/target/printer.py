@@ -25,6 +25,8 @@ def _scheme_words(s: QuantScheme) -> list[str]:
         words.append("narrow")
     if s.reduce_range:
         words.append("reduce_range")
+    if s.pair_safe:
+        words.append("pair_safe")
     return words
 
 
