@@ -29,7 +29,8 @@ from ..errors import UsageError
 from .interpreter import run_program
 from .program import DOMAIN, Program
 
-__all__ = ["OutputAgreement", "TensorAgreement", "VerifyReport", "verify_program", "output_steps", "ort_session",
+__all__ = ["OutputAgreement", "TensorAgreement", "VerifyReport", "verify_program", "output_steps",
+           "integer_outputs", "ort_session",
            "load_inputs", "run_program_files", "verify_files"]
 
 PROB_THRESHOLD = 0.3
@@ -71,6 +72,14 @@ class TensorAgreement:
     def within_one_share(self) -> float:
         return self.within_one / self.elements if self.elements else 1.0
 
+    @property
+    def exact_share(self) -> float:
+        return self.exact / self.elements if self.elements else 1.0
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "elements": self.elements, "exact_share": self.exact_share,
+                "within_one_step_share": self.within_one_share, "max_diff_steps": self.max_steps}
+
 
 @dataclass
 class VerifyReport:
@@ -82,6 +91,12 @@ class VerifyReport:
     program_seconds: float = 0.0
     reference: str = "onnxruntime (optimizations disabled)"
     layers: List[TensorAgreement] = field(default_factory=list)
+    # the integer tensors where each output's float tail starts (the output's own integer
+    # form when it is quantized), compared end to end in quantization steps
+    int_outputs: List[TensorAgreement] = field(default_factory=list)
+    # with tensorwise=True: every quantized tensor, end to end (program run from the real
+    # inputs), in execution order: how differences grow with depth
+    tensors: List[TensorAgreement] = field(default_factory=list)
 
     @property
     def task_rate(self) -> Optional[float]:
@@ -92,8 +107,22 @@ class VerifyReport:
         tot = sum(o.elements for o in self.outputs)
         return sum(o.within_one for o in self.outputs) / tot if tot else 1.0
 
+    @property
+    def step_share(self) -> float:
+        """Share of output elements within one quantization step: quantized outputs as
+        they are, float outputs (no quantization step of their own) through the integer
+        tensors their float tail starts from."""
+        tot = sum(o.elements for o in self.step_outputs())
+        return sum(o.within_one for o in self.step_outputs()) / tot if tot else 1.0
+
+    def step_outputs(self) -> list:
+        """What step_share is judged on: each quantized output, and the integer tensors
+        behind the float outputs."""
+        quantized = [o for o in self.outputs if o.step]
+        return quantized + (self.int_outputs if len(quantized) < len(self.outputs) else [])
+
     def ok(self, within_one: float = 0.999, task: float = 1.0) -> bool:
-        if self.within_one_share < within_one:
+        if self.step_share < within_one:
             return False
         return self.task_rate is None or self.task_rate >= task
 
@@ -105,6 +134,9 @@ class VerifyReport:
                          "within_one_step_share": o.within_one_share, "max_diff_steps": o.max_steps,
                          "max_abs_diff": o.max_abs, "step": o.step} for o in self.outputs],
             "task": self.task, "task_agreement": self.task_rate,
+            "within_one_step_share": self.step_share,
+            "integer_outputs": [t.to_json() for t in self.int_outputs],
+            "tensors": [t.to_json() for t in self.tensors] or None,
             "layerwise": None if not self.layers else {
                 "tensors": len(self.layers),
                 "min_within_one_step_share": min(t.within_one_share for t in self.layers),
@@ -122,6 +154,17 @@ class VerifyReport:
             lines.append(f"  {o.name}: {o.elements} elements, exact {100 * o.exact_share:.2f}%, within one "
                          f"step {100 * o.within_one_share:.2f}%, max {o.max_steps:.1f} steps ({step}, max abs "
                          f"{o.max_abs:.4g})")
+        if any(not o.step for o in self.outputs):
+            for t in self.int_outputs:
+                lines.append(f"  integer tensor {t.name} (before a float output): {t.elements} elements, exact "
+                             f"{100 * t.exact_share:.2f}%, within one step {100 * t.within_one_share:.2f}%, "
+                             f"max {t.max_steps} steps")
+        if self.tensors:
+            worst = min(self.tensors, key=lambda t: t.exact_share)
+            tot = sum(t.elements for t in self.tensors)
+            lines.append(f"  end to end ({len(self.tensors)} quantized tensors): exact "
+                         f"{100 * sum(t.exact for t in self.tensors) / max(1, tot):.3f}%, least exact "
+                         f"{100 * worst.exact_share:.2f}% ({worst.name})")
         if self.layers:
             worst = min(self.layers, key=lambda t: t.within_one_share)
             tot = sum(t.elements for t in self.layers)
@@ -161,6 +204,36 @@ def output_steps(prog: Program) -> Dict[str, Optional[float]]:
             break
         steps[out] = step
     return steps
+
+
+def integer_outputs(prog: Program) -> List[str]:
+    """The integer tensors where the program's float tails start: walking back from each
+    output through float ops, layout conversions and int8-in, float-out kernels, the
+    integer tensors first met (a quantized output's own integer form is the tensor its
+    Dequantize reads). Order: as the program produces them."""
+    producer = {o: n for n in prog.nodes for o in n.outputs if o}
+    found, seen = set(), set()
+    todo = list(prog.outputs)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        info = prog.tensors.get(name)
+        n = producer.get(name)
+        if info is not None and info.scale is not None and info.dtype in ("int8", "uint8"):
+            found.add(name)
+            continue
+        if n is None:
+            continue
+        if n.domain == DOMAIN and n.attrs.get("output") == "float":
+            todo.append(n.inputs[0])
+        elif n.domain == DOMAIN and n.op in ("Dequantize", "LayoutConvert"):
+            todo.append(n.inputs[0])
+        elif n.domain != DOMAIN:
+            todo.extend(i for i in n.inputs if i and i not in prog.constants)
+    order = {o: i for i, n in enumerate(prog.nodes) for o in n.outputs if o}
+    return sorted(found, key=lambda t: order.get(t, -1))
 
 
 def ort_session(model: Union[str, onnx.ModelProto], optimization: str = "disabled"):
@@ -242,7 +315,8 @@ def _task_kind(arr: np.ndarray, task: str) -> str:
 
 
 def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs, task: str = "auto",
-                   ort_optimization: str = "disabled", layerwise: bool = False) -> VerifyReport:
+                   ort_optimization: str = "disabled", layerwise: bool = False,
+                   tensorwise: bool = False) -> VerifyReport:
     """Run `prog` and `qdq_model` (ONNX Runtime) on the same inputs and compare.
 
     inputs: a dict {name: array}, one array (one-input models), or an iterable of them.
@@ -253,8 +327,23 @@ def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs
     of FLOAT_TOLERANCE x its largest magnitude), each computed from the reference values of
     its inputs: the lowering of each kernel is judged apart from how the network amplifies
     differences.
+    tensorwise: also compare every quantized tensor end to end (the program run from the
+    real inputs, nothing substituted), in execution order: how differences grow with depth.
+    The integer tensors behind float outputs (integer_outputs) are always compared end to
+    end; step_share and ok() judge float outputs on them.
     """
-    sess = ort_session(qdq_model, ort_optimization)
+    task = {"probmap": "prob_map"}.get(task, task)
+    model = qdq_model if isinstance(qdq_model, onnx.ModelProto) else onnx.load(str(qdq_model))
+    n_out = len(model.graph.output)
+    onnx_names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    int_outs = [t for t in integer_outputs(prog) if t in onnx_names]
+    e2e = _quantized_tensors(prog, model) if tensorwise else []
+    tracked = list(dict.fromkeys(e2e + int_outs))
+    # with optimizations disabled, extra outputs change nothing: one session serves the
+    # outputs and the tracked tensors; otherwise they would block fusions, so the tracked
+    # tensors get their own pass
+    one_pass = ort_optimization == "disabled"
+    sess = ort_session(_probe(model, tracked) if one_pass else model, ort_optimization)
     names = [i.name for i in sess.get_inputs()]
     batches = _as_batches(inputs, names)
     if not batches:
@@ -263,12 +352,21 @@ def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs
     ort_out_names = [o.name for o in sess.get_outputs()]
     report = VerifyReport(reference=f"onnxruntime (optimizations {ort_optimization})")
     aggs = {}
+    stats: Dict[str, TensorAgreement] = {n: TensorAgreement(n) for n in tracked}
     for batch in batches:
+        ref_all = sess.run(None, {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else v
+                                  for k, v in batch.items()})
+        ref_named = dict(zip(ort_out_names, ref_all))
+        observe = None
+        if one_pass and tracked:
+            def observe(name, val):
+                if name in stats:
+                    _tally(stats[name], prog.tensors[name], val, ref_named[name])
+                return None
         t0 = time.perf_counter()
-        got = run_program(prog, batch)
+        got = run_program(prog, batch, observe=observe)
         report.program_seconds += time.perf_counter() - t0
-        ref = sess.run(None, {k: np.asarray(v, dtype=np.float32) if np.asarray(v).dtype == np.float64 else v
-                              for k, v in batch.items()})
+        ref = ref_all[:n_out]
         report.samples += 1
         for idx, (pname, r) in enumerate(zip(prog.outputs, ref)):
             g = np.asarray(got[pname], dtype=np.float64)
@@ -303,28 +401,72 @@ def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs
                     report.task_agree += int(np.count_nonzero(a == b))
                     report.task_total += int(a.size)
     report.outputs = list(aggs.values())
+    if tracked and not one_pass:
+        stats = _compare_tensors(prog, model, batches, tracked, False, ort_optimization)
+    report.int_outputs = [stats[t] for t in int_outs if stats[t].elements]
+    report.tensors = [stats[t] for t in e2e if stats[t].elements]
     if layerwise:
-        report.layers = _layerwise(prog, qdq_model, batches, ort_optimization)
+        names = _quantized_tensors(prog, model, with_float=True)
+        stats = _compare_tensors(prog, model, batches, names, True, ort_optimization)
+        report.layers = [s for s in stats.values() if s.elements]
     return report
 
 
-def _layerwise(prog, qdq_model, batches, ort_optimization) -> List[TensorAgreement]:
-    from .layouts import from_layout, to_layout
-
-    model = qdq_model if isinstance(qdq_model, onnx.ModelProto) else onnx.load(str(qdq_model))
-    q_outs = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    names = [n for n in dict.fromkeys(q_outs) if n in prog.tensors and prog.tensors[n].scale is not None]
-    # float results of int8-in, float-out kernels (weighted ops whose output is not quantized)
-    onnx_names = {o for n in model.graph.node for o in n.output}
-    names += [k.outputs[0] for k in prog.nodes if k.domain == DOMAIN and k.attrs.get("output") == "float"
-              and k.outputs[0] in onnx_names]
+def _probe(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (after its own outputs)."""
+    if not names:
+        return model
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
+    have = {o.name for o in probe.graph.output} | {i.name for i in probe.graph.input}
     for n in names:
         if n not in have:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    sess = ort_session(probe, ort_optimization)
+            have.add(n)
+    return probe
+
+
+def _tally(st: TensorAgreement, info, val: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Add one program value (physical layout) against its reference (NCHW) to st."""
+    from .layouts import from_layout
+
+    got = from_layout(val, info.layout, info.channels) if info.layout != "NCHW" else val
+    if info.scale is None:  # a float tensor: steps of FLOAT_TOLERANCE x its largest magnitude
+        tol = FLOAT_TOLERANCE * max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
+        d = np.ceil(np.abs(got.astype(np.float64) - r) / tol - 1e-9).astype(np.int64)
+    else:
+        d = np.abs(got.astype(np.int64) - r.astype(np.int64))
+    st.elements += int(d.size)
+    st.exact += int(np.count_nonzero(d == 0))
+    st.within_one += int(np.count_nonzero(d <= 1))
+    st.max_steps = max(st.max_steps, int(d.max()) if d.size else 0)
+    return d
+
+
+def _quantized_tensors(prog, model, with_float: bool = False) -> List[str]:
+    """Program tensors that a QuantizeLinear of the QDQ model names (in execution order);
+    with_float: also the float results of int8-in, float-out kernels."""
+    q_outs = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    onnx_names = {o for n in model.graph.node for o in n.output}
+    names = []
+    for k in prog.nodes:
+        for o in k.outputs:
+            if o in q_outs and o in prog.tensors and prog.tensors[o].scale is not None:
+                names.append(o)
+            elif (with_float and k.domain == DOMAIN and k.attrs.get("output") == "float" and o == k.outputs[0]
+                  and o in onnx_names):
+                names.append(o)
+    return list(dict.fromkeys(names))
+
+
+def _compare_tensors(prog, model, batches, names, substitute, ort_optimization) -> Dict[str, TensorAgreement]:
+    """Compare program tensors `names` with ONNX Runtime's values of the same names.
+    substitute: feed the reference value onward after each comparison (layer-wise: every
+    kernel judged from reference inputs); otherwise the program runs on its own values
+    (end to end)."""
+    from .layouts import to_layout
+
+    sess = ort_session(_probe(model, names), ort_optimization)
     out_names = [o.name for o in sess.get_outputs()]
     stats: Dict[str, TensorAgreement] = {n: TensorAgreement(n) for n in names}
     for batch in batches:
@@ -334,23 +476,14 @@ def _layerwise(prog, qdq_model, batches, ort_optimization) -> List[TensorAgreeme
             if name not in stats:
                 return None
             info = prog.tensors[name]
-            r = ref[name]
-            got = from_layout(val, info.layout, info.channels) if info.layout != "NCHW" else val
-            if info.scale is None:  # a float tensor: steps of FLOAT_TOLERANCE x its largest magnitude
-                tol = FLOAT_TOLERANCE * max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
-                d = np.ceil(np.abs(got.astype(np.float64) - r) / tol - 1e-9).astype(np.int64)
-            else:
-                d = np.abs(got.astype(np.int64) - r.astype(np.int64))
-            st = stats[name]
-            st.elements += int(d.size)
-            st.exact += int(np.count_nonzero(d == 0))
-            st.within_one += int(np.count_nonzero(d <= 1))
-            st.max_steps = max(st.max_steps, int(d.max()) if d.size else 0)
-            r = r.astype(val.dtype)
+            _tally(stats[name], info, val, ref[name])
+            if not substitute:
+                return None
+            r = ref[name].astype(val.dtype)
             return to_layout(r, info.layout, int(info.zero_point or 0)) if info.layout != "NCHW" else r
 
         run_program(prog, batch, observe=observe)
-    return [s for s in stats.values() if s.elements]
+    return stats
 
 
 # ----------------------------------------------------------------------------- file-level entry points
