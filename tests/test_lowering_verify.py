@@ -156,3 +156,50 @@ def test_tensorwise_follows_execution_order_and_ends_at_the_output():
     assert last.name == names[-1]
     assert last.exact == rep.outputs[0].exact and last.elements == rep.outputs[0].elements
     assert rep.to_json()["tensors"][0]["name"] == names[0]
+
+
+def _float_bias_model(op):
+    """Q -> DQ -> Conv / Gemm with a float (unquantized) bias of half accumulator units
+    -> Q: every output is an exact rounding tie unless the bias is kept unrounded."""
+    rng = np.random.default_rng(2)
+    b = _Q()
+    x = b.q_dq("x", "in", 0.5)
+    if op == "Conv":
+        b.c("w", rng.integers(-5, 6, size=(8, 4, 1, 1)).astype(np.int8))
+        shape, wshape = [1, 4, 5, 5], [8]
+    else:
+        b.c("w", rng.integers(-5, 6, size=(8, 4)).astype(np.int8))
+        shape, wshape = [3, 4], [8]
+    b.c("w_s", np.full(wshape, 0.25, np.float32))
+    b.c("w_z", np.zeros(wshape, np.int8))
+    b.nodes.append(helper.make_node("DequantizeLinear", ["w", "w_s", "w_z"], ["w_dq"], axis=0))
+    bias = b.c("bias", (0.0625 * (2 * np.arange(8) + 1)).astype(np.float32))  # (j + 1/2) * s_x * s_w
+    if op == "Conv":
+        y = b.op("Conv", [x, "w_dq", bias], "y")
+    else:
+        y = b.op("Gemm", [x, "w_dq", bias], "y", transB=1)
+    out = b.q_dq(y, "out", 0.125)
+    return b.model(shape, out, shape[:1] + [8] + shape[2:])
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_float_scale_target_keeps_a_float_bias_unrounded(op):
+    """cuda (TensorRT placement) leaves biases float; its float epilogue adds them before
+    rounding. Rounding them to int32 first (as the lowering did) moved every output here
+    across a tie."""
+    m = _float_bias_model(op)
+    prog = lower_to_program(m, "cuda")
+    k = next(n for n in prog.nodes if n.op == op)
+    y_bias = prog.constants[k.inputs[-1]]
+    assert k.inputs[-1].endswith(".y_bias") and y_bias.dtype == np.float32
+    np.testing.assert_array_equal(y_bias[:8], 0.5 * (2 * np.arange(8) + 1))
+    assert not np.any(prog.constants[k.inputs[2]])  # int32 bias: only the (zero) zero-point term
+    rng = np.random.default_rng(3)
+    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    xs = [(rng.integers(-20, 21, size=shape) * 0.5).astype(np.float32) for _ in range(3)]
+    for x in xs:
+        np.testing.assert_array_equal(next(iter(run_program(prog, {"x": x}).values())),
+                                      ort_session(m).run(None, {"x": x})[0])
+    # a fixed-point target has no float epilogue: the bias is rounded to int32 there
+    k = next(n for n in lower_to_program(m, "arm64").nodes if n.op == op)
+    assert not k.inputs[-1].endswith(".y_bias")

@@ -151,6 +151,9 @@ def _requant(acc: np.ndarray, node, args_q: List[np.ndarray], prog: Program, zer
         if bshape is not None and scale.size > 1:
             scale = scale.reshape(bshape)
         v = acc.astype(np.float32) * scale
+        if len(args_q) > 1:  # a float bias in output steps, added before the rounding
+            ybias = np.asarray(args_q[1], dtype=np.float32)
+            v = v + (ybias.reshape(bshape) if bshape is not None and ybias.size > 1 else ybias)
         out = round_float(v, prog.rounding) + np.float32(zero_point)
         return np.clip(out, qmin, qmax).astype(dtype)
     mult, shift = np.asarray(args_q[0]), np.asarray(args_q[1])
