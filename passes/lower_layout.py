@@ -34,5 +34,6 @@ class LowerLayout(Pass):
         padded = sum(1 for d in plan.convs if (d.ic_padded, d.oc_padded) != (d.ic, d.oc))
         ctx.pass_report(self.name).update(
             convs=len(plan.convs), conv_layouts=data["conv_layouts"], padded_convs=padded,
-            layout_conversions=data["num_conversions"])
+            layout_conversions=data["num_conversions"],
+            decisions={d.node: f"{d.layout} ({d.reason})" for d in plan.convs})
         return ir.ann.layout != before

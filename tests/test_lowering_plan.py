@@ -106,6 +106,8 @@ def test_lower_layout_pass_annotates_the_ir():
     assert plan["target"] == "arm64" and len(plan["convs"]) == len(ann) == 3
     rep = ctx.report["passes"]["lower-layout"]
     assert rep["convs"] == 3 and rep["padded_convs"] >= 2
+    # the build report names each conv's layout and why
+    assert rep["decisions"] == ann and any("first-layer" in v for v in rep["decisions"].values())
     # the graph stays valid QDQ ONNX and runs in ONNX Runtime
     model = ir_to_model(ir)
     onnx.checker.check_model(model)

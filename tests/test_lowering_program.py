@@ -220,6 +220,9 @@ def test_cli_entry_points(tmp_path):
     save_model(qdq_res.model, tmp_path / "m.qdq.onnx")
     res = build(small_net(), target="arm64", calib=calib, options={"emit": "program", "exporter": program_exporter})
     assert res.report["program"]["conv_layouts"] == {"NCHW44": 3}
+    decisions = res.report["program"]["conv_decisions"]
+    assert len(decisions) == 3 and all(v.startswith("NCHW44 (") for v in decisions.values())
+    assert any("IC=3: first-layer NCHW44 packing" in v for v in decisions.values())
     save_model(res.model, tmp_path / "m.program.onnx")
     d = tmp_path / "d"
     d.mkdir()

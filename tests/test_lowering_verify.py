@@ -203,3 +203,19 @@ def test_float_scale_target_keeps_a_float_bias_unrounded(op):
     # a fixed-point target has no float epilogue: the bias is rounded to int32 there
     k = next(n for n in lower_to_program(m, "arm64").nodes if n.op == op)
     assert not k.inputs[-1].endswith(".y_bias")
+
+
+def test_argmax_flips_report_the_reference_margin():
+    """A flip is listed with the reference's top-1 minus top-2, in output steps."""
+    def model(scale):
+        b = _Q()
+        return b.model([2, 3], b.q_dq("x", "in", scale), [2, 3])
+
+    prog = lower_to_program(model(1.0), "arm64")  # coarse: 0.2, 0.4, 0.1 all quantize to 0
+    x = np.array([[0.2, 0.4, 0.1], [3.0, 1.0, 0.0]], np.float32)
+    rep = verify_program(prog, model(0.01), [x])
+    assert rep.task == "argmax" and rep.task_agree == 1 and rep.task_total == 2
+    (flip,) = rep.task_flips
+    assert (flip["sample"], flip["row"], flip["in_steps"]) == (0, 0, True)
+    assert flip["reference_margin"] == pytest.approx(0.2, abs=1e-6)  # (0.4 - 0.2) / step 1.0
+    assert "argmax differs on 1 row(s)" in rep.format() and rep.to_json()["task_flips"] == [flip]

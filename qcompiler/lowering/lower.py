@@ -1512,5 +1512,7 @@ def program_exporter(ir, ctx) -> onnx.ModelProto:
     prog = lower_to_program(ir, ctx.target)
     ctx.report["program"] = {"target": prog.target, "requant": prog.requant, "rounding": prog.rounding,
                              "kernels": prog.op_counts(), "conv_layouts": prog.plan.get("conv_layouts", {}),
-                             "layout_conversions": prog.plan.get("num_conversions", 0)}
+                             "layout_conversions": prog.plan.get("num_conversions", 0),
+                             "conv_decisions": {d["node"]: f"{d['layout']} ({d['reason']})"
+                                                for d in prog.plan.get("convs", [])}}
     return program_to_onnx(prog)

@@ -91,6 +91,9 @@ class VerifyReport:
     program_seconds: float = 0.0
     reference: str = "onnxruntime (optimizations disabled)"
     layers: List[TensorAgreement] = field(default_factory=list)
+    # argmax: each row whose argmax differs, with the reference's top-1 minus top-2 (in
+    # output steps when the output is quantized): a near-tie there decides the flip
+    task_flips: List[dict] = field(default_factory=list)
     # the integer tensors where each output's float tail starts (the output's own integer
     # form when it is quantized), compared end to end in quantization steps
     int_outputs: List[TensorAgreement] = field(default_factory=list)
@@ -133,7 +136,7 @@ class VerifyReport:
             "outputs": [{"name": o.name, "elements": o.elements, "exact_share": o.exact_share,
                          "within_one_step_share": o.within_one_share, "max_diff_steps": o.max_steps,
                          "max_abs_diff": o.max_abs, "step": o.step} for o in self.outputs],
-            "task": self.task, "task_agreement": self.task_rate,
+            "task": self.task, "task_agreement": self.task_rate, "task_flips": self.task_flips,
             "within_one_step_share": self.step_share,
             "integer_outputs": [t.to_json() for t in self.int_outputs],
             "tensors": [t.to_json() for t in self.tensors] or None,
@@ -175,6 +178,11 @@ class VerifyReport:
         if self.task_rate is not None:
             what = "argmax equal" if self.task == "argmax" else f"probability > {PROB_THRESHOLD} equal"
             lines.append(f"  task: {what} on {100 * self.task_rate:.2f}% ({self.task_agree}/{self.task_total})")
+            if self.task_flips:
+                unit = " steps" if self.task_flips[0]["in_steps"] else ""
+                margins = ", ".join(f"{f['reference_margin']:.3g}" for f in self.task_flips[:10])
+                lines.append(f"  argmax differs on {len(self.task_flips)} row(s); the reference's top-1 - top-2 "
+                             f"there: {margins}{unit}{' ...' if len(self.task_flips) > 10 else ''}")
         return "\n".join(lines)
 
 
@@ -393,7 +401,14 @@ def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs
                 kind = _task_kind(r, task)
                 report.task = kind
                 if kind == "argmax":
-                    a, b = np.argmax(g.reshape(g.shape[0], -1), 1), np.argmax(r.reshape(r.shape[0], -1), 1)
+                    rows = r.reshape(r.shape[0], -1)
+                    a, b = np.argmax(g.reshape(g.shape[0], -1), 1), np.argmax(rows, 1)
+                    for i in np.nonzero(a != b)[0]:
+                        top = np.sort(rows[i])[::-1]
+                        margin = float(top[0] - top[1]) if top.size > 1 else float("inf")
+                        report.task_flips.append({"sample": report.samples - 1, "row": int(i),
+                                                  "reference_margin": margin / agg.step if agg.step else margin,
+                                                  "in_steps": bool(agg.step)})
                     report.task_agree += int(np.count_nonzero(a == b))
                     report.task_total += int(a.size)
                 elif kind == "prob_map":
