@@ -219,3 +219,20 @@ def test_argmax_flips_report_the_reference_margin():
     assert (flip["sample"], flip["row"], flip["in_steps"]) == (0, 0, True)
     assert flip["reference_margin"] == pytest.approx(0.2, abs=1e-6)  # (0.4 - 0.2) / step 1.0
     assert "argmax differs on 1 row(s)" in rep.format() and rep.to_json()["task_flips"] == [flip]
+
+
+def test_integer_outputs_pass_through_integer_data_movement():
+    """An int8 Flatten result is named after the QDQ model's float Flatten output: the
+    comparison must go back to a tensor that holds the same integers in both."""
+    b = _Q()
+    flat = b.op("Flatten", [b.q_dq("x", "in", 0.1)], "flat", axis=1)
+    b.op("Sigmoid", [b.q_dq(flat, "fq", 0.1)], "p")
+    m = b.model([2, 3, 2, 2], "p", [2, 12])
+    prog = lower_to_program(m, "arm64")
+    assert "flat" in prog.tensors and prog.tensors["flat"].dtype == "int8"
+    assert integer_outputs(prog) == ["flat"]
+    assert integer_outputs(prog, {"in_q", "fq_q"}) == ["in_q"]
+    rep = verify_program(prog, m, [np.random.default_rng(4).normal(0, 3, (2, 3, 2, 2)).astype(np.float32)],
+                         task="none")
+    assert [t.name for t in rep.int_outputs] == ["in_q"]
+    assert rep.int_outputs[0].exact == rep.int_outputs[0].elements == 24, rep.format()

@@ -214,11 +214,16 @@ def output_steps(prog: Program) -> Dict[str, Optional[float]]:
     return steps
 
 
-def integer_outputs(prog: Program) -> List[str]:
+def integer_outputs(prog: Program, named: Optional[set] = None) -> List[str]:
     """The integer tensors where the program's float tails start: walking back from each
     output through float ops, layout conversions and int8-in, float-out kernels, the
     integer tensors first met (a quantized output's own integer form is the tensor its
-    Dequantize reads). Order: as the program produces them."""
+    Dequantize reads). Order: as the program produces them.
+
+    named: the tensors a reference holds with the same integer values (a QDQ model's
+    QuantizeLinear outputs). An integer tensor outside it (e.g. the int8 result of a
+    Flatten, named after the QDQ model's float Flatten output) is passed through, back to
+    the data-movement op's input."""
     producer = {o: n for n in prog.nodes for o in n.outputs if o}
     found, seen = set(), set()
     todo = list(prog.outputs)
@@ -230,8 +235,11 @@ def integer_outputs(prog: Program) -> List[str]:
         info = prog.tensors.get(name)
         n = producer.get(name)
         if info is not None and info.scale is not None and info.dtype in ("int8", "uint8"):
-            found.add(name)
-            continue
+            if named is None or name in named:
+                found.add(name)
+                continue
+            if n is None or n.domain == DOMAIN and n.op != "LayoutConvert":
+                continue  # an integer kernel's result that the reference does not name
         if n is None:
             continue
         if n.domain == DOMAIN and n.attrs.get("output") == "float":
@@ -343,8 +351,8 @@ def verify_program(prog: Program, qdq_model: Union[str, onnx.ModelProto], inputs
     task = {"probmap": "prob_map"}.get(task, task)
     model = qdq_model if isinstance(qdq_model, onnx.ModelProto) else onnx.load(str(qdq_model))
     n_out = len(model.graph.output)
-    onnx_names = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    int_outs = [t for t in integer_outputs(prog) if t in onnx_names]
+    q_outs = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    int_outs = integer_outputs(prog, q_outs | {i.name for i in model.graph.input})
     e2e = _quantized_tensors(prog, model) if tensorwise else []
     tracked = list(dict.fromkeys(e2e + int_outs))
     # with optimizations disabled, extra outputs change nothing: one session serves the
