@@ -36,6 +36,11 @@ def _with_input_shapes(model: onnx.ModelProto, feeds) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     if feeds:
+        # shapes inferred earlier for other input shapes (a batch of -1 from the exporter,
+        # say) would win over the concrete ones: infer again from the inputs
+        del m.graph.value_info[:]
+        for vi in m.graph.output:
+            vi.type.tensor_type.ClearField("shape")
         for vi in m.graph.input:
             if vi.name in feeds:
                 shape = np.shape(feeds[vi.name])
@@ -64,7 +69,7 @@ def shapes_of(model: onnx.ModelProto, feeds=None) -> Dict[str, tuple]:
         if not t.HasField("shape"):
             continue
         dims = t.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
+        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
     for init in m.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)

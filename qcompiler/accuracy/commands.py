@@ -91,7 +91,14 @@ BUILD_OPTIONS = [
     click.option("--max-drop", type=click.FloatRange(min=0), default=None, metavar="D",
                  help="Automatic mixed precision: allowed drop of --metric (without it: of cosine similarity)."),
     click.option("--metric", metavar="MODULE:FUNCTION", default=None,
-                 help="Task metric for --max-drop: metric(outputs_list, batches) -> float, higher is better."),
+                 help="Task metric for --max-drop: metric(outputs_list, batches) -> float, higher is better "
+                      "(top-1 accuracy in percent: qcompiler.accuracy.metrics:top1)."),
+    click.option("--eval-data", "eval_data", type=click.Path(dir_okay=False), default=None,
+                 help="Data the --min-sqnr/--max-drop search evaluates on, instead of the first calibration "
+                      "batches: a .npz with the model inputs and the labels the metric reads (e.g. 'label')."),
+    click.option("--analysis", "analysis", type=click.Path(), default=None,
+                 help="analysis.json of 'qcompiler analyze' (same model and target): the --min-sqnr/--max-drop "
+                      "search takes its layer ranking from it instead of analyzing again."),
     click.option("--overrides", type=click.Path(dir_okay=False), default=None,
                  help='Per-layer precision JSON: {"keep_float": [...], "layers": {NAME: {"activation": '
                       '"int16"|"float"}}}.'),
@@ -108,7 +115,7 @@ def build_options(f):
 
 def build_options_to_dict(data_free=False, equalize=None, bias_correction=None, input_range=None, input_stats=None,
                           bn_sigmas=None, min_sqnr=None, max_drop=None, metric=None, overrides=None,
-                          keep_float=(), **_ignored) -> Dict:
+                          keep_float=(), eval_data=None, analysis=None, **_ignored) -> Dict:
     """build(options=...) entries for the values of BUILD_OPTIONS."""
     opts = data_free_options(data_free, input_range, input_stats, bn_sigmas)
     if equalize is not None:
@@ -123,6 +130,11 @@ def build_options_to_dict(data_free=False, equalize=None, bias_correction=None, 
         if max_drop is None:
             raise UsageError("--metric is only used with --max-drop", "add --max-drop D")
         opts["metric"] = metric
+    for flag, value, key in (("--eval-data", eval_data, "eval_data"), ("--analysis", analysis, "analysis")):
+        if value is not None:
+            if min_sqnr is None and max_drop is None:
+                raise UsageError(f"{flag} is only used with --min-sqnr or --max-drop", "add a budget")
+            opts[key] = value
     if overrides is not None:
         opts["overrides"] = overrides
     if keep_float:
@@ -140,6 +152,8 @@ _COMMON = [
     click.option("--preprocess", type=click.Path(dir_okay=False), help="JSON image preprocessing for image folders."),
     click.option("--eval-batches", type=click.IntRange(min=1), default=4, show_default=True,
                  help="Batches every variant is evaluated on (the first calibration batches)."),
+    click.option("--eval-data", "eval_data", type=click.Path(dir_okay=False),
+                 help="Evaluate on this .npz (model inputs + labels for --metric) instead of calibration batches."),
     click.option("--method", type=click.Choice(["minmax", "moving_average", "percentile", "entropy", "mse"]),
                  default="minmax", show_default=True, help="Activation calibration method."),
     click.option("--layers", type=click.Choice(["all", "weighted"]), default="all", show_default=True,
@@ -168,16 +182,24 @@ def _setup(model, target, calib, calib_samples, batch_size, preprocess, method, 
     return source, options
 
 
+def _eval_data(eval_data, model):
+    if eval_data is None:
+        return None
+    from .evaldata import load_eval_data
+
+    return load_eval_data(eval_data, model)
+
+
 def analyze_command(model, target, calib, calib_samples=None, batch_size=1, preprocess=None, eval_batches=4,
                     method="minmax", layers="all", data_free=False, input_range=None, keep_float=(), out=None,
-                    top=20, plots=True, quiet=False, echo=click.echo) -> Dict:
+                    top=20, plots=True, quiet=False, echo=click.echo, eval_data=None) -> Dict:
     """`qcompiler analyze`: prints the table, writes JSON/Markdown/plots to `out`."""
     from .sensitivity import analyze, format_table, write_reports
 
     source, options = _setup(model, target, calib, calib_samples, batch_size, preprocess, method, data_free,
                              input_range, keep_float)
     res = analyze(model, target, source, options=options, eval_batches=eval_batches, layers=layers,
-                  progress=None if quiet else _echo_err)
+                  progress=None if quiet else _echo_err, eval_data=_eval_data(eval_data, model))
     echo(format_table(res, top))
     if out:
         files = write_reports(res, out, plots=plots)
@@ -188,7 +210,7 @@ def analyze_command(model, target, calib, calib_samples=None, batch_size=1, prep
 def mixed_precision_command(model, target, calib, min_sqnr=None, max_drop=None, metric=None, calib_samples=None,
                             batch_size=1, preprocess=None, eval_batches=4, method="minmax", layers="all",
                             data_free=False, input_range=None, keep_float=(), output=None, report=None, quiet=False,
-                            echo=click.echo) -> Dict:
+                            echo=click.echo, eval_data=None, analysis=None) -> Dict:
     """`qcompiler mixed-precision`: search, print, write the override config (and report)."""
     from .hooks import load_metric
     from .mixed_precision import format_mixed, mixed_precision
@@ -200,7 +222,8 @@ def mixed_precision_command(model, target, calib, min_sqnr=None, max_drop=None, 
                              input_range, keep_float)
     rep = mixed_precision(model, target, source, min_sqnr=min_sqnr, max_drop=max_drop, metric=load_metric(metric),
                           options=options, eval_batches=eval_batches, layers=layers,
-                          progress=None if quiet else _echo_err)
+                          progress=None if quiet else _echo_err, eval_data=_eval_data(eval_data, model),
+                          sensitivity=analysis)
     echo(format_mixed(rep))
     if output:
         cfg = {"keep_float": list(keep_float) + rep["keep_float"], "layers": {}}
@@ -220,24 +243,28 @@ def register(cli_group) -> None:
                   help="Write analysis.json, analysis.md and plots (PNG) into this folder.")
     @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in the terminal table.")
     @click.option("--plots/--no-plots", default=True, show_default=True, help="PNG plots in --out (needs matplotlib).")
-    def analyze_cmd(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, method, layers,
-                    data_free, input_range, keep_float, quiet, out, top, plots):
+    def analyze_cmd(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, eval_data, method,
+                    layers, data_free, input_range, keep_float, quiet, out, top, plots):
         """Per-layer quantization sensitivity, range statistics and abnormal-layer flags of MODEL."""
         analyze_command(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, method, layers,
-                        data_free, input_range, keep_float, out, top, plots, quiet)
+                        data_free, input_range, keep_float, out, top, plots, quiet, eval_data=eval_data)
 
     @cli_group.command("mixed-precision")
     @_common
     @click.option("--min-sqnr", type=float, metavar="DB", help="Budget: output SQNR against FP32 at least DB.")
     @click.option("--max-drop", type=click.FloatRange(min=0), metavar="D",
                   help="Budget: metric drop at most D (without --metric: 1 - cosine).")
-    @click.option("--metric", metavar="MODULE:FUNCTION", help="metric(outputs_list, batches) -> float.")
+    @click.option("--metric", metavar="MODULE:FUNCTION", help="metric(outputs_list, batches) -> float "
+                  "(top-1 accuracy in percent: qcompiler.accuracy.metrics:top1).")
+    @click.option("--analysis", "analysis", type=click.Path(),
+                  help="analysis.json of 'qcompiler analyze' (same model and target): reuse its layer ranking.")
     @click.option("-o", "--output", type=click.Path(dir_okay=False),
                   help="Write the layers to keep float as an override JSON for 'build --overrides'.")
     @click.option("--report", "report", type=click.Path(dir_okay=False), help="Write the search report as JSON.")
-    def mixed_cmd(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, method, layers,
-                  data_free, input_range, keep_float, quiet, min_sqnr, max_drop, metric, output, report):
+    def mixed_cmd(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, eval_data, method,
+                  layers, data_free, input_range, keep_float, quiet, min_sqnr, max_drop, metric, analysis, output,
+                  report):
         """Find the fewest layers to keep float so that MODEL meets an accuracy budget."""
         mixed_precision_command(model, target, calib, min_sqnr, max_drop, metric, calib_samples, batch_size,
                                 preprocess, eval_batches, method, layers, data_free, input_range, keep_float,
-                                output, report, quiet)
+                                output, report, quiet, eval_data=eval_data, analysis=analysis)

@@ -11,7 +11,12 @@ Options read here (all optional; build(options=...) keys):
     max_drop     automatic mixed precision: metric drop budget (1 - cosine without metric)
     metric       callable metric(outputs_list, batches) -> float, or "module:function" /
                  "file.py:function"
-    mp_eval_batches  batches the mixed-precision search evaluates on (default 4)
+    mp_eval_batches  calibration batches the mixed-precision search evaluates on (default 4)
+    eval_data    evaluation data for the search instead (labelled, for a task metric): a
+                 .npz path (model inputs + labels), a dict of arrays or a list of batches
+                 (qcompiler.accuracy.evaldata); `eval_batch_size` samples a batch (32)
+    analysis     an earlier analysis of the same model and target (analysis.json path or
+                 the dict analyze returned): the search takes its ranking from it
     data_free / equalize / bias_correction / int16_layers: pipeline edits (pipelines.py)
 """
 
@@ -26,6 +31,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from qcompiler.errors import UsageError
 
 from .pipelines import adjust_pipeline
+
+
+#: options only the mixed-precision search reads (not passed to its variant builds)
+SEARCH_ONLY = ("min_sqnr", "max_drop", "metric", "eval_data", "eval_batch_size", "analysis")
 
 
 def load_metric(spec) -> Optional[Callable]:
@@ -86,10 +95,18 @@ def prepare_build(model, target, names: Sequence[str], calib, options: Dict,
         from .mixed_precision import format_mixed, mixed_precision
 
         metric = load_metric(options.get("metric"))
-        search_opts = {k: v for k, v in options.items() if k not in ("min_sqnr", "max_drop", "metric")}
+        search_opts = {k: v for k, v in options.items() if k not in SEARCH_ONLY}
+        eval_data = None
+        if options.get("eval_data") is not None:
+            from .evaldata import load_eval_data
+
+            eval_data = load_eval_data(options["eval_data"], model, options.get("eval_batch_size"))
         rep = mixed_precision(model, target, calib, min_sqnr=options.get("min_sqnr"),
                               max_drop=options.get("max_drop"), metric=metric, options=search_opts,
-                              eval_batches=int(options.get("mp_eval_batches", 4)))
+                              eval_batches=int(options.get("mp_eval_batches", 4)), eval_data=eval_data,
+                              sensitivity=options.get("analysis"))
+        for k in ("eval_data", "analysis"):  # arrays and paths: not build options
+            options.pop(k, None)
         options["keep_float"] = list(options.get("keep_float", []) or []) + rep["keep_float"]
         extra["mixed_precision"] = rep
         if echo:

@@ -14,8 +14,12 @@ Search, from full INT8:
 3. prune: try to re-quantize each kept layer (least sensitive first) and keep it INT8
    when the budget still holds.
 Each candidate is built from one calibration (VariantBuilder) and evaluated on the same
-few batches. The report lists every kept layer, why (its sensitivity), and its cost in
-bit-operations (a float layer costs 32 x 32 per MAC instead of 8 x 8).
+batches: the first calibration batches, or `eval_data` (for a task metric: labelled
+samples, separate from the calibration set). The ranking can come from an earlier
+`qcompiler analyze` of the same model and target (`sensitivity`: its result or its
+analysis.json), which saves the 2 x layers + 1 evaluations of a new analysis. The report
+lists every kept layer, why (its sensitivity), and its cost in bit-operations (a float
+layer costs 32 x 32 per MAC instead of 8 x 8).
 
 Manual control: `keep_float` (node-name patterns) and a per-layer override file
 (qcompiler.accuracy.overrides).
@@ -69,20 +73,32 @@ def mixed_precision(model, target, calib, min_sqnr: Optional[float] = None, max_
                     metric: Optional[Callable] = None, options: Optional[Dict] = None, eval_batches: int = 4,
                     calib_batches: Optional[int] = None, sensitivity: Optional[Dict] = None,
                     builder: Optional[VariantBuilder] = None, layers: str = "all",
-                    progress: Optional[Callable[[str], None]] = None, max_kept: Optional[int] = None) -> Dict:
+                    progress: Optional[Callable[[str], None]] = None, max_kept: Optional[int] = None,
+                    eval_data=None) -> Dict:
     """Search the smallest set of layers to keep float; returns the report (with
-    `keep_float`: node names to pass to build(options={"keep_float": ...}))."""
+    `keep_float`: node names to pass to build(options={"keep_float": ...})).
+
+    `sensitivity`: an analysis of the same model and target (the dict `analyze` returns,
+    or the path of its analysis.json) to take the ranking from. `eval_data`: batches to
+    evaluate every candidate on (all of them; a task metric sees their extra arrays)."""
     t0 = time.perf_counter()
     budget = Budget(min_sqnr, max_drop, metric)
     vb = builder or VariantBuilder(model, target, calib, options=options, eval_batches=eval_batches,
-                                   calib_batches=calib_batches, metric=metric)
+                                   calib_batches=calib_batches, metric=metric, eval_data=eval_data)
+    if sensitivity is not None:
+        from .sensitivity import check_analysis, load_analysis
+
+        sensitivity = load_analysis(sensitivity)
+        check_analysis(sensitivity, vb)
     say = progress or (lambda s: None)
     base = vb.evaluate([])
     macs = mac_counts(vb.fp32_model(), vb.eval_data[0])
     kmacs = {k.name: int(sum(macs.get(n, 0) for n in k.nodes)) for k in vb.kernels}
     total_macs = sum(macs.values())
     report = {"budget": budget.describe(), "target": getattr(vb.target, "name", str(vb.target)),
-              "full_int8": _summary(base), "eval_batches": len(vb.eval_data)}
+              "full_int8": _summary(base), "eval_batches": len(vb.eval_data),
+              "eval_samples": _samples(vb.eval_data),
+              "ranking_from": "given analysis" if sensitivity is not None else None}
     if budget.ok(base):
         say("full INT8 already meets the budget")
         return _finish(report, vb, [], {}, base, kmacs, total_macs, True, t0)
@@ -91,6 +107,7 @@ def mixed_precision(model, target, calib, min_sqnr: Optional[float] = None, max_
 
         say("ranking layers by sensitivity")
         sensitivity = analyze(model, target, calib, options=options, builder=vb, layers=layers, progress=progress)
+        report["ranking_from"] = "new analysis"
     scores = {r["kernel"]: r for r in sensitivity["layers"]}
     ranking = [k for k in sensitivity["ranking"] if k in scores and scores[k]["score"] > 0]
     kept: List[str] = []
@@ -143,6 +160,13 @@ def _finish(report, vb, kept, scores, res, kmacs, total_macs, reached, t0) -> Di
     return report
 
 
+def _samples(batches) -> Optional[int]:
+    try:
+        return int(sum(len(next(iter(b.values()))) for b in batches))
+    except (TypeError, StopIteration):
+        return None
+
+
 def _db(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "inf"
@@ -150,13 +174,17 @@ def _db(v) -> str:
 
 
 def format_mixed(rep: Dict) -> str:
-    lines = [f"budget: {rep['budget']}   full INT8: SQNR {_db(rep['full_int8']['sqnr_db'])} dB, "
-             f"cosine {rep['full_int8']['cosine']:.5f}"]
+    fi = rep["full_int8"]
+    lines = [f"budget: {rep['budget']}   full INT8: SQNR {_db(fi['sqnr_db'])} dB, cosine {fi['cosine']:.5f}"
+             + (f", metric {fi['metric']:.4g} (FP32 {fi['metric_fp32']:.4g})" if "metric" in fi else "")
+             + (f"; {rep['eval_samples']} evaluation samples" if rep.get("eval_samples") else "")
+             + (f"; ranking from the {rep['ranking_from']}" if rep.get("ranking_from") else "")]
     if not rep["reached"]:
         lines.append("budget NOT reached with the layers tried")
     r = rep["result"]
     lines.append(f"mixed: {len(rep['kept_float'])} layers kept float -> SQNR {_db(r['sqnr_db'])} dB, "
-                 f"cosine {r['cosine']:.5f}" + (f", metric drop {r['metric_drop']:.4f}" if 'metric_drop' in r else "")
+                 f"cosine {r['cosine']:.5f}" + (f", metric {r['metric']:.4g} (drop {r['metric_drop']:.4g})"
+                                                 if 'metric_drop' in r else "")
                  + f"; INT8 MAC share {100 * (rep['int8_mac_share'] or 0):.1f}%")
     for k in rep["kept_float"]:
         lines.append(f"  float {k['kernel']}: {k['why']}; {k['macs']:,} MACs, +{k['extra_bitops']:,} bit-ops")

@@ -136,11 +136,19 @@ def sabotage_channels(model: onnx.ModelProto, layer: str, factors: Optional[Iter
     it when there is one: its gamma and beta) by factors[i] and divide input channel i of
     the conv(s) that read it (through Relu/LeakyRelu/MaxPool) by the same factor. The FP32
     function is unchanged (up to float rounding). Default factors: log-uniform in
-    [1e-2, 1e2], so the channels of the activation in between span four decades."""
+    [1e-2, 1e2], so the channels of the activation in between span four decades.
+    Weights may be initializers or Constant nodes. A factor of 1 everywhere but one
+    channel makes a single outlier channel (bench/bench_accuracy.py does that to PP-OCR's
+    direction classifier)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
+    for n in g.node:  # weights held by Constant nodes (Paddle2ONNX exports) are edited in place
+        if n.op_type == "Constant" and n.output and n.output[0] not in inits:
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    inits[n.output[0]] = a.t
     by_name = {n.name: n for n in g.node}
     readers: Dict[str, List] = {}
     for n in g.node:
@@ -162,7 +170,7 @@ def sabotage_channels(model: onnx.ModelProto, layer: str, factors: Optional[Iter
 
     def scale(name, s, shape):
         arr = numpy_helper.to_array(inits[name]).astype(np.float64) * s.reshape(shape)
-        inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+        inits[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), inits[name].name))
 
     if bn is not None:
         scale(bn.input[1], f, (-1,))
@@ -187,5 +195,5 @@ def sabotage_channels(model: onnx.ModelProto, layer: str, factors: Optional[Iter
         cin_g, cout_g = w2.shape[1], w2.shape[0] // group
         w2 = w2.reshape(group, cout_g, cin_g, -1) / f.reshape(group, 1, cin_g, 1)
         inits[r.input[1]].CopyFrom(numpy_helper.from_array(
-            w2.reshape(numpy_helper.to_array(inits[r.input[1]]).shape).astype(np.float32), r.input[1]))
+            w2.reshape(numpy_helper.to_array(inits[r.input[1]]).shape).astype(np.float32), inits[r.input[1]].name))
     return m

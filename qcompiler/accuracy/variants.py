@@ -6,7 +6,10 @@ quantized (they are FP32 activation statistics), so a `VariantBuilder` runs the 
 passes and the calibration once and then makes each variant from a copy of the FP32 IR:
 insert-observers with `keep_float`, the stored ranges, the passes between calibration
 and place-qdq (scale unification), and place-qdq. Variants are evaluated on a few fixed
-batches against FP32 outputs computed once (qcompiler.accuracy.common.Evaluator).
+batches against FP32 outputs computed once (qcompiler.accuracy.common.Evaluator): the
+first `eval_batches` calibration batches, or all of `eval_data` when it is given (its
+batches may carry arrays that are not model inputs, labels for instance: the task metric
+sees them, the model does not).
 """
 
 from __future__ import annotations
@@ -65,8 +68,10 @@ class VariantBuilder:
         self.calib_data = None if calib is None else _materialize(calib, calib_batches)
         if self.calib_data is not None and not self.calib_data:
             raise PipelineError("the calibration data holds no batches", "give at least one batch")
-        if eval_data is not None:
-            self.eval_data = _materialize(eval_data, eval_batches)
+        if eval_data is not None:  # given explicitly (labelled data for a task metric): all of it
+            self.eval_data = _materialize(eval_data, None)
+            if not self.eval_data:
+                raise PipelineError("the evaluation data holds no batches", "give at least one batch")
         elif self.calib_data is not None:
             self.eval_data = self.calib_data[:eval_batches]
         else:
