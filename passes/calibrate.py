@@ -13,7 +13,6 @@ import time
 
 from qcompiler.build import require_calibration
 from qcompiler.errors import CalibrationError
-from qcompiler.ir.io import ir_to_model
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.observers import make_observer
 from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
@@ -35,7 +34,7 @@ class Calibrate(Pass):
         if plan.tensors:
             observers = {name: make_observer(method, **opts) for name in plan.tensors}
             source = require_calibration(ctx, self.name)
-            batches = observe_session(ir_to_model(ir), plan.tensors, source(), observers,
+            batches = observe_session(ir, plan.tensors, source(), observers,
                                       progress=ctx.option("progress", False))
             for name, obs in observers.items():
                 stats = obs.stats

@@ -11,7 +11,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from qcompiler.errors import ModelError
-from qcompiler.ir.io import TWO_GB, ir_to_model, model_size, model_to_ir
+from qcompiler.ir import io as qio
+from qcompiler.ir.io import FileValues, ir_skeleton, ir_to_model, model_size, model_to_ir
 from qcompiler.pipeline.registry import Pass, register_pass
 
 TARGET_OPSET = 13
@@ -28,13 +29,24 @@ class Canonicalize(Pass):
         min_opset = int(ctx.option("min_opset", TARGET_OPSET))
         changed = False
         before = ir.opset
-        model = ir_to_model(ir)
-        if ir.opset < min_opset:
+        # Opset upgrade and shape inference see the model without its weight data (a few KB
+        # instead of a copy of every weight; no 2 GB limit), and the weights go back onto the
+        # re-imported graph untouched.
+        upgrade = ir.opset < min_opset
+        model, weights = _skeleton(ir)
+        if upgrade:
             model = _upgrade(model, min_opset)
             changed = True
         model = _infer_shapes(model, ctx)
+        graph = model_to_ir(model).graph
+        if not _reattach(graph, weights):  # the upgrade rewrote a weight: redo it with the data
+            model = ir_to_model(ir)
+            if upgrade:
+                model = _upgrade(model, min_opset)
+            model = _infer_shapes(model, ctx)
+            graph = model_to_ir(model).graph
         annotations = ir.ann
-        ir.reload(model_to_ir(model).graph, model_meta=ir.model_meta | {
+        ir.reload(graph, model_meta=ir.model_meta | {
             "opset_imports": {imp.domain: imp.version for imp in model.opset_import},
             "ir_version": model.ir_version})
         ir.ann = annotations
@@ -67,14 +79,50 @@ def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 def _infer_shapes(model: onnx.ModelProto, ctx) -> onnx.ModelProto:
-    if model_size(model) > TWO_GB:
-        ctx.log.warning("model is over 2 GB: shape inference skipped; shapes come from the model")
+    if model_size(model) > qio.TWO_GB:  # read here: tests lower the limit
+        ctx.log.warning("model is over 2 GB even without its weights: shape inference skipped; "
+                        "shapes come from the model")
         return model
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as e:
         ctx.log.warning("shape inference failed (%s); continuing with the model's own shapes", e)
         return model
+
+
+_WEIGHTS = "qcompiler-canonicalize-weights"  # the external location of the skeleton's weights (never read)
+
+
+def _skeleton(ir):
+    """The IR as a ModelProto whose large constants hold no data, and those constants by name."""
+    model, layout = ir_skeleton(ir, _WEIGHTS)
+    tensors = ir.graph.tensors()
+    return model, {name: tensors[name] for _, _, name, _ in layout.entries}
+
+
+def _reattach(graph, weights) -> bool:
+    """Give the re-imported constants that point at the skeleton's weights their values back
+    (same object, no copy). False when one of them changed type or shape, or is missing."""
+    found = {}
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant) or not isinstance(t._values, gs.ir.tensor.LazyValues):
+            continue
+        proto = t._values.tensor
+        if not any(e.key == "location" and e.value == _WEIGHTS for e in proto.external_data):
+            continue
+        old = weights.get(t.name)
+        if old is None or tuple(old.shape) != tuple(t.shape) or np.dtype(old.dtype) != np.dtype(t.dtype):
+            return False
+        found[t.name] = (t, old)
+    if len(found) != len(weights) and any(_still_used(graph, n) for n in weights if n not in found):
+        return False
+    for t, old in found.values():
+        t._values, t.data_location = old._values, old.data_location
+    return True
+
+
+def _still_used(graph, name) -> bool:
+    return any(t.name == name for n in graph.nodes for t in n.inputs)
 
 
 def _constants_to_initializers(ir) -> int:
@@ -165,10 +213,23 @@ def _nothing_to_fold(ir) -> bool:
     return True
 
 
+def _read_file_values(ir) -> None:
+    """Constants that a foldable node reads get their values now if they are still in the
+    model's external data file: gs folds through ONNX Runtime with an exported subgraph, which
+    must hold the data itself."""
+    for node in ir.graph.nodes:
+        if node.op in NEVER_FOLD or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+            continue
+        for t in node.inputs:
+            if isinstance(t, gs.Constant) and isinstance(t._values, FileValues):
+                t.values  # noqa: B018 (reads the file once; the constant keeps the array)
+
+
 def _fold_constants(ir) -> int:
     if _nothing_to_fold(ir):
         return 0
     before = sum(1 for n in ir.graph.nodes)
+    _read_file_values(ir)
     ir.toposort()  # gs folding needs sorted nodes; this is the one pass that folds
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR

@@ -90,10 +90,12 @@ def find_kernels(ir, target, keep_float=frozenset()):
                 if t.name not in inputs:
                     inputs.append(t.name)
         weight = bias = None
-        if anchor.op in WEIGHTED and len(anchor.inputs) > 1 and ir.const_value(anchor.inputs[1]) is not None:
+        # is_const first: the weight's values are not read here (for a large model, that loaded them all)
+        if anchor.op in WEIGHTED and len(anchor.inputs) > 1 and (
+                ir.is_const(anchor.inputs[1]) or ir.const_value(anchor.inputs[1]) is not None):
             weight = anchor.inputs[1].name
             if anchor.op != "MatMul" and len(anchor.inputs) > 2 and anchor.inputs[2].name:
-                if ir.const_value(anchor.inputs[2]) is not None:
+                if ir.is_const(anchor.inputs[2]) or ir.const_value(anchor.inputs[2]) is not None:
                     bias = anchor.inputs[2].name
         elif anchor.op in WEIGHTED:
             for n in nodes:

@@ -59,7 +59,8 @@ def build(
     tgt = resolve_target(target)
     names = list(pipeline) if pipeline else list(getattr(tgt, "pipeline", None) or FP32_PIPELINE)
     passes = build_pipeline(names, add_passes, pass_options)
-    source = model if isinstance(model, onnx.ModelProto) else read_model(model)
+    # lazy: the weights stay in their external data files until a pass reads them
+    source = model if isinstance(model, onnx.ModelProto) else read_model(model, lazy=True)
     ir = load_ir(source)
     _verify_input(ir)
     calib_part, eval_part = split_holdout(calib)

@@ -45,7 +45,9 @@ def session(model: onnx.ModelProto, threads: int = 0, reference: bool = False) -
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from .ir.io import ort_session
+
+    return ort_session(model, so)
 
 
 def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable[Dict[str, np.ndarray]],
@@ -88,8 +90,9 @@ def qdq_counts(model: onnx.ModelProto) -> Dict[str, int]:
 def mac_counts(model: onnx.ModelProto, feeds: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, int]:
     """Multiply-accumulates per Conv/ConvTranspose/MatMul/Gemm node, with shapes from
     shape inference on the given input shapes."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    from .ir.io import external_skeleton
+
+    m, _ = external_skeleton(model, "unused")  # a copy without the weights' data: shapes are enough
     del m.graph.value_info[:]  # stale symbolic shapes would win over the concrete input shapes
     if feeds:
         for vi in m.graph.input:

@@ -128,22 +128,23 @@ def test_large_output_is_saved_with_external_data(work, capsys, monkeypatch):
 
 def test_large_output_write_failure_leaves_nothing(work, capsys, monkeypatch):
     """The external data file is written, then the model write fails: neither the data
-    file nor any temporary file stays behind."""
+    file nor any temporary file stays behind. Only writes into the output folder fail
+    (sessions over the limit write temporary models elsewhere)."""
     monkeypatch.setattr(qio, "TWO_GB", 1000)
-    real_save = qio.onnx.save_model
-    calls = []
-
-    def failing_second_save(model, path, *a, **k):
-        calls.append(path)
-        if len(calls) == 2:  # the data file exists by now; the proto rewrite fails
-            raise OSError(28, "No space left on device")
-        return real_save(model, path, *a, **k)
-
-    monkeypatch.setattr(qio.onnx, "save_model", failing_second_save)
     path, _ = _ext_model(residual_concat_net(channels=16, hw=8, blocks=1))
+    real_save = qio.onnx.save_model
+    present = []
+
+    def failing_output_save(model, p, *a, **k):
+        if Path(p).resolve().parent == (work / "out").resolve():
+            present.append(_files(work / "out"))  # what is written by the time the proto is
+            raise OSError(28, "No space left on device")
+        return real_save(model, p, *a, **k)
+
+    monkeypatch.setattr(qio.onnx, "save_model", failing_output_save)
     rc, err = _run(["build", path, "--calib", _calib((3, 8, 8)), "-o", "out/m.onnx", "-q"], capsys)
     assert rc == 2, err
-    assert len(calls) == 2
+    assert len(present) == 1 and ".m.onnx.data.tmp" in present[0], present
     assert "cannot write output 'out/m.onnx'" in err
     assert _files(work / "out") == []
 
@@ -211,7 +212,8 @@ def test_ort_session_over_2gb_keeps_the_model(monkeypatch):
     got = qio.ort_session(model).run(None, x)[0]
     monkeypatch.undo()
     assert len(seen) == 1 and isinstance(seen[0], str), "over the limit, the session must load from a file"
-    assert np.array_equal(ref, got)
+    # weight pre-packing is off on that path, so the kernels may round differently
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert model.SerializeToString() == before
 
 

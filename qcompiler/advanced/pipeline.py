@@ -83,7 +83,7 @@ def _load(model):
         return model
     from qcompiler.ir import read_model
 
-    return read_model(model)
+    return read_model(model, lazy=True)  # the op types only: weights stay in their files
 
 
 def needs_calibration(options: Dict) -> bool:

@@ -275,14 +275,32 @@ def quantize(
     if qmax is not None:
         hi = min(hi, int(qmax))
     ftype = np.float64 if qp.dtype == "int32" else np.float32
-    xf = x.astype(ftype, copy=False)
-    scale, zp = _broadcast_params(qp, xf.ndim, xf.shape)
-    v = xf / scale.astype(ftype)
-    v = _round(v, rounding) + zp.astype(ftype)
+    scale, zp = _broadcast_params(qp, x.ndim, x.shape)
+    scale, zp = scale.astype(ftype), zp.astype(ftype)
+    if x.ndim == 0 or x.nbytes <= _QUANTIZE_BLOCK:
+        return _quantize_block(x, scale, zp, lo, hi, rounding, ftype, qp.np_dtype)
+    # A large tensor goes in blocks of rows: the float temporaries stay small (a 1 GB weight
+    # would need about 3 GB of them at once).
+    out = np.empty(x.shape, qp.np_dtype)
+    step = max(1, _QUANTIZE_BLOCK // max(1, x[0].nbytes))
+    rows = lambda p: np.ndim(p) == x.ndim and p.shape[0] == x.shape[0] > 1  # noqa: E731
+    for i in range(0, x.shape[0], step):
+        b = slice(i, i + step)
+        out[b] = _quantize_block(x[b], scale[b] if rows(scale) else scale, zp[b] if rows(zp) else zp,
+                                 lo, hi, rounding, ftype, qp.np_dtype)
+    return out
+
+
+_QUANTIZE_BLOCK = 16 << 20  # bytes of input quantized at once
+
+
+def _quantize_block(x, scale, zp, lo, hi, rounding, ftype, out_dtype) -> np.ndarray:
+    v = x.astype(ftype, copy=False) / scale
+    v = _round(v, rounding) + zp
     if np.isnan(v).any():
-        v = np.where(np.isnan(v), zp.astype(ftype), v)
+        v = np.where(np.isnan(v), zp, v)
     v = np.clip(v, lo, hi)
-    return v.astype(qp.np_dtype)
+    return v.astype(out_dtype)
 
 
 def dequantize(q, qp: QParams) -> np.ndarray:

@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Union
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from ..errors import CalibrationError
+from ..ir.graph import IR
+from ..ir.io import ort_session
 
 
-def session_with_outputs(model: onnx.ModelProto, names: List[str]) -> ort.InferenceSession:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.value_info) + list(m.graph.input)
-             + list(m.graph.output)}
-    for name in names:
-        if name not in existing:
-            elem = types.get(name) or onnx.TensorProto.FLOAT
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+def session_with_outputs(model: Union[onnx.ModelProto, IR], names: List[str]) -> ort.InferenceSession:
+    """A session of `model` (a ModelProto or an IR, of any size; neither is modified) whose
+    outputs include `names`."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort_session(model, so, outputs=names)
     except Exception as e:
         raise CalibrationError(f"ONNX Runtime cannot run the model for calibration: {str(e).splitlines()[0]}",
                                "check that the model runs in onnxruntime") from None
 
 
-def observe_session(model: onnx.ModelProto, names: List[str], batches: Iterable[Dict[str, np.ndarray]],
+def observe_session(model: Union[onnx.ModelProto, IR], names: List[str], batches: Iterable[Dict[str, np.ndarray]],
                     observers: Dict[str, object], progress: bool = False) -> int:
     """Feed every batch, update each observer with its tensor; returns the batch count."""
     sess = session_with_outputs(model, names)
