@@ -33,8 +33,9 @@ for _name, _bits in (("INT4", 4), ("UINT4", 4), ("FLOAT8E4M3FN", 8), ("FLOAT8E5M
 
 
 def _with_input_shapes(model: onnx.ModelProto, feeds) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    from qcompiler.ir.io import external_skeleton
+
+    m, _ = external_skeleton(model, "unused")  # a copy without the weights' data: shapes are enough
     if feeds:
         # shapes inferred earlier for other input shapes (a batch of -1 from the exporter,
         # say) would win over the concrete ones: infer again from the inputs
@@ -189,7 +190,13 @@ def model_size(model: onnx.ModelProto) -> Dict[str, int]:
                     params += n
                     total_bits += n * _BITS.get(a.t.data_type, 32)
     return {"parameter_bytes": int((total_bits + 7) // 8), "parameters": params,
-            "float_parameters": float_params, "serialized_bytes": model.ByteSize()}
+            "float_parameters": float_params, "serialized_bytes": _serialized_bytes(model)}
+
+
+def _serialized_bytes(model: onnx.ModelProto) -> int:
+    from qcompiler.ir.io import model_size
+
+    return model_size(model)  # ByteSize() serializes the whole model, and fails over 2 GB
 
 
 def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None) -> Dict:

@@ -539,15 +539,17 @@ class DataLayout:
         self.size = 0
 
     def add(self, name: str, data_type: int, dims, nbytes: int, source) -> onnx.TensorProto:
-        """The placeholder TensorProto for one tensor (its other fields, such as doc_string,
-        come from the source's TensorProto)."""
+        """The placeholder TensorProto for one tensor (with the doc_string and metadata_props
+        of the source's TensorProto)."""
         offset = -(-self.size // _ALIGN) * _ALIGN
         t = onnx.TensorProto()
         like = source.tensor if isinstance(source, FileValues) else source
-        if isinstance(like, onnx.TensorProto):
-            _copy_fields(like, t, {"raw_data", "external_data", "data_location"})
+        if isinstance(like, onnx.TensorProto):  # field by field: ListFields() would copy raw_data
+            if like.doc_string:
+                t.doc_string = like.doc_string
+            if len(getattr(like, "metadata_props", ())):
+                t.metadata_props.extend(like.metadata_props)
         t.name, t.data_type = name, data_type
-        del t.dims[:]
         t.dims.extend(int(d) for d in dims)
         t.data_location = onnx.TensorProto.EXTERNAL
         for k, v in (("location", self.location), ("offset", str(offset)), ("length", str(nbytes))):
