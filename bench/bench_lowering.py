@@ -643,14 +643,16 @@ def render(res: Dict) -> str:
         for target, r in mr["targets"].items():
             lw, dp = r["layerwise"], r["depth"]
             curve = dp.get("curve", [])
-            pts = " / ".join(f"{pct(c['within_one_step_share'], 1)}" for c in curve[::max(1, len(curve) // 5)])
+            picks = [min(curve, key=lambda c: abs(c["depth"] - d)) for d in (0, 0.2, 0.4, 0.6, 0.8, 1.0)] if curve else []
+            pts = " / ".join(f"{pct(c['within_one_step_share'], 1)}" for c in picks)
             first = ("none" if dp.get("first_difference_at") is None else
                      f"{dp['first_difference_at']} of {dp['tensors']}")
             rows.append([name, target, lw["samples"], f"{lw['integer_off_share']:.1e}", lw["max_steps"], first,
                          pts, pct(dp.get("min_within_one_step_share"))])
     L.append(md_table(["model", "target", "layer-wise samples", "layer-wise integer elements off by one",
                        "layer-wise max steps", "first end-to-end difference (tensor)",
-                       "end to end within one step % along depth", "worst tensor within one %"], rows))
+                       "end to end within one step % at depth 0/20/40/60/80/100 %", "worst tensor within one %"],
+                      rows))
     L += ["", "Layer-wise mismatches by kernel (integer kernels; float results of int8-in/float-out kernels are "
           "compared with a 1e-3 x max tolerance and counted apart):", ""]
     rows = []
