@@ -1249,7 +1249,7 @@ class _Lowerer:
         precision, which decides rounding ties wrongly when the exact result sits next to
         one: HardSwish's clip(x + 3, 0, 6) at the output scale 6/127 maps x = 0 to
         63.50000024, which the Add kernel rounded to 63 (ONNX Runtime and the exact value:
-        64), on 1-5 % of the elements of every such layer. A table has no such error."""
+        64), on 1-7 % of the elements of such layers of PP-OCR. A table has no such error."""
         if tail is None:
             return False
         xi = next((i for i, v in enumerate(ins) if self._qview(v)), None)
