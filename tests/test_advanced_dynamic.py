@@ -92,7 +92,12 @@ def test_dynamic_block_runs_in_onnxruntime_close_to_fp32(block, xs):
         onnx.save(block, str(Path(d) / "m.onnx"))
         quantize_dynamic(str(Path(d) / "m.onnx"), str(Path(d) / "q.onnx"), weight_type=QuantType.QInt8,
                          per_channel=True)
-        theirs = _run(onnx.load(str(Path(d) / "q.onnx")), xs)[0]
+        q = onnx.load(str(Path(d) / "q.onnx"))
+    theirs = _run(q, xs)[0]
+    # newer ONNX Runtime releases leave the Gemm head float; compare the same set of kernels
+    if [n.op_type for n in q.graph.node].count("MatMulInteger") == 6:
+        same = build(block, pipeline=names, options={**opts, "keep_float": ["head"]}).model
+        out = _run(same, xs)[0]
     assert sqnr_db(ref, out) > sqnr_db(ref, theirs) - 1.0
 
 
