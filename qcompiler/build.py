@@ -81,7 +81,8 @@ def build(
         exporter = program_exporter
     out = exporter(ir, ctx) if exporter else ir_to_model(ir)
     if "quant_plan" in ir.ann.notes:
-        _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part)
+        _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part,
+                      exported_ir=not exporter)
     return BuildResult(model=out, ir=ir, report=ctx.report, target=tgt)
 
 
@@ -111,7 +112,8 @@ def split_holdout(calib, every: int = 10):
     return calib_part, eval_part
 
 
-def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_source) -> None:
+def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_source,
+                  exported_ir: bool) -> None:
     from . import report as rpt
 
     plan = ir.ann.notes["quant_plan"]
@@ -123,10 +125,9 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
     if eval_source is None or ctx.option("emit", "qdq") == "program":
         return
     first = next(iter(eval_source()), None)
-    r["macs"] = rpt.int8_mac_share(int8, plan, first)
     from .accuracy.hooks import add_bitops
 
-    add_bitops(r, ir, first)
+    add_bitops(r, ir, first, model=int8 if exported_ir else None)
     if ctx.option("evaluate", True):
         acc = rpt.output_error(_unique_node_names(fp32), int8, eval_source())
         acc["held_out"] = eval_source is not ctx.calib

@@ -6,14 +6,11 @@ INT8 model against FP32 (SQNR, cosine) on held-out calibration batches.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-
-MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
 
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     ref = np.asarray(ref, dtype=np.float64)
@@ -85,63 +82,6 @@ def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable
 def qdq_counts(model: onnx.ModelProto) -> Dict[str, int]:
     c = Counter(n.op_type for n in model.graph.node)
     return {"QuantizeLinear": c.get("QuantizeLinear", 0), "DequantizeLinear": c.get("DequantizeLinear", 0)}
-
-
-def mac_counts(model: onnx.ModelProto, feeds: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, int]:
-    """Multiply-accumulates per Conv/ConvTranspose/MatMul/Gemm node, with shapes from
-    shape inference on the given input shapes."""
-    from .ir.io import external_skeleton
-
-    m, _ = external_skeleton(model, "unused")  # a copy without the weights' data: shapes are enough
-    del m.graph.value_info[:]  # stale symbolic shapes would win over the concrete input shapes
-    if feeds:
-        for vi in m.graph.input:
-            if vi.name in feeds:
-                shape = feeds[vi.name].shape
-                dims = vi.type.tensor_type.shape.dim
-                for d, v in zip(dims, shape):
-                    d.Clear()
-                    d.dim_value = int(v)
-    try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:
-        return {}
-    shapes = {}
-    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            shapes[vi.name] = tuple(d.dim_value for d in dims)
-    for init in m.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    macs: Dict[str, int] = {}
-    for node in m.graph.node:
-        if node.op_type not in MAC_OPS:
-            continue
-        out = shapes.get(node.output[0])
-        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
-        if out is None or w is None:
-            continue
-        if node.op_type == "Conv":
-            macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:]))
-        elif node.op_type == "ConvTranspose":
-            x = shapes.get(node.input[0])
-            if x is not None:
-                macs[node.name] = int(np.prod(x)) * int(np.prod(w[1:]))
-        else:  # MatMul / Gemm: out elements x K
-            a = shapes.get(node.input[0])
-            if a:  # a scalar or unknown shape gives no K
-                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-                k = a[-2] if trans_a else a[-1]
-                macs[node.name] = int(np.prod(out)) * int(k)
-    return macs
-
-
-def int8_mac_share(fp32_ir_model: onnx.ModelProto, plan: dict, feeds) -> Dict:
-    macs = mac_counts(fp32_ir_model, feeds)
-    in_kernel = {n for k in plan.get("kernels", []) for n in k["nodes"] if k.get("weight")}
-    total = sum(macs.values())
-    int8 = sum(v for k, v in macs.items() if k in in_kernel)
-    return {"total_macs": total, "int8_macs": int8, "int8_share": round(int8 / total, 4) if total else None}
 
 
 def summarize(report: Dict) -> List[str]:

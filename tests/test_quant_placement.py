@@ -170,6 +170,12 @@ def test_qop_matches_qdq_within_one_step(net, batches):
         i for i in qdq.model.graph.initializer if i.name.endswith("_scale") and
         i.name.startswith(qdq.model.graph.output[0].name))))
     assert np.max(np.abs(a - b)) <= out_scale * 1.001
+    # the report counts the integer operators' MACs as INT8, the same total as the QDQ model's
+    assert qop.report["macs"]["int8_share"] == 1.0 and qdq.report["macs"]["int8_share"] == 1.0
+    assert qop.report["macs"]["total_macs"] == qdq.report["macs"]["total_macs"] > 0
+    kept = _build(net, batches, "x86", emit="qop", keep_float=[qdq.report["bitops"]["layers"][0]["name"]])
+    assert 0 < kept.report["macs"]["int8_share"] < 1
+    assert kept.report["macs"]["total_macs"] == qdq.report["macs"]["total_macs"]
 
 
 def test_report_lists_float_reasons_and_counts(batches):

@@ -1,12 +1,13 @@
 """Bit-operations and size report.
 
-For every multiply-accumulate layer (Conv, ConvTranspose, MatMul, Gemm):
+For every multiply-accumulate layer (Conv, ConvTranspose, MatMul, Gemm, and the integer
+forms QLinearConv, QLinearMatMul, QGemm, ConvInteger, MatMulInteger):
 
     bitops = MACs x activation bits x weight bits
 
 with the bits read from the graph: an input that comes out of a DequantizeLinear has the
-bits of its quantized type (uint8/int8: 8, int16: 16, int4: 4), any other float input its
-float width (32). On an IR before place-qdq the bits come from the QParams the
+bits of its quantized type (uint8/int8: 8, int16: 16, int4: 4), an integer op's operands
+the bits of their zero points' type, any other float input its float width (32). On an IR before place-qdq the bits come from the QParams the
 calibration attached. Totals, the INT8 share of MACs and of bit-operations, and the model
 size (parameters at their stored width) complete the report. An FP32 layer costs
 32 x 32 = 1024 bit-operations per MAC, an INT8 one 8 x 8 = 64: a layer kept float costs
@@ -21,7 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# op -> (data input, weight input, data zero point, weight zero point); None: a float op
+INTEGER_MAC_OPS = {"QLinearConv": (0, 3, 2, 5), "QLinearMatMul": (0, 3, 2, 5), "QGemm": (0, 3, 2, 5),
+                   "ConvInteger": (0, 1, 2, 3), "MatMulInteger": (0, 1, 2, 3)}
+MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm") + tuple(INTEGER_MAC_OPS)
+_CONV_LIKE = ("Conv", "QLinearConv", "ConvInteger")
 
 _BITS = {TensorProto.FLOAT: 32, TensorProto.FLOAT16: 16, TensorProto.BFLOAT16: 16, TensorProto.DOUBLE: 64,
          TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT16: 16, TensorProto.UINT16: 16,
@@ -54,9 +59,40 @@ def _with_input_shapes(model: onnx.ModelProto, feeds) -> onnx.ModelProto:
     return m
 
 
+# com.microsoft integer ops ONNX shape inference does not know, and a standard op with the
+# same output shape: (op, data inputs, attributes kept)
+_SHAPE_STANDINS = {
+    "QLinearAdd": ("Add", (0, 3), ()), "QLinearMul": ("Mul", (0, 3), ()),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", (0,), ()),
+    "QLinearAveragePool": ("AveragePool", (0,), ("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape",
+                                                 "pads", "strides")),
+    "QLinearSigmoid": ("Sigmoid", (0,), ()), "QLinearLeakyRelu": ("LeakyRelu", (0,), ("alpha",)),
+    "QLinearSoftmax": ("Softmax", (0,), ("axis",)), "QGemm": ("Gemm", (0, 3), ("transA", "transB")),
+    "QLinearConcat": ("Concat", None, ("axis",)),  # inputs: Y scale, Y zero point, then (X, scale, zp)...
+}
+
+
+def _standard_standins(m: onnx.ModelProto) -> None:
+    """Swap the com.microsoft integer ops of a shapes-only copy for their stand-ins, so shape
+    inference carries on past them (an --emit qop model is mostly such ops)."""
+    for node in m.graph.node:
+        stand = _SHAPE_STANDINS.get(node.op_type) if node.domain == "com.microsoft" else None
+        if stand is None:
+            continue
+        op, idx, keep = stand
+        inputs = list(node.input)[2::3] if idx is None else [node.input[i] for i in idx if i < len(node.input)]
+        attrs = [a for a in node.attribute if a.name in keep]
+        node.op_type, node.domain = op, ""
+        del node.input[:]
+        node.input.extend(inputs)
+        del node.attribute[:]
+        node.attribute.extend(attrs)
+
+
 def shapes_of(model: onnx.ModelProto, feeds=None) -> Dict[str, tuple]:
     """Static shapes of every tensor shape inference can resolve with the given input shapes."""
     m = _with_input_shapes(model, feeds)
+    _standard_standins(m)
     try:
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:
@@ -83,24 +119,32 @@ def shapes_of(model: onnx.ModelProto, feeds=None) -> Dict[str, tuple]:
 
 
 def mac_counts(model: onnx.ModelProto, feeds=None) -> Dict[str, int]:
-    """MACs per Conv/ConvTranspose/MatMul/Gemm node (nodes whose shapes stay unknown are left out)."""
+    """MACs per multiply-accumulate node (MAC_OPS; nodes whose shapes stay unknown are left out)."""
     shapes = shapes_of(model, feeds)
     macs: Dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type not in MAC_OPS or len(node.input) < 2:
             continue
+        xi, wi = INTEGER_MAC_OPS.get(node.op_type, (0, 1))[:2]
+        if len(node.input) <= wi:
+            continue
         out = shapes.get(node.output[0])
-        w = shapes.get(node.input[1])
-        x = shapes.get(node.input[0])
+        w = shapes.get(node.input[wi])
+        x = shapes.get(node.input[xi])
         try:
-            if node.op_type == "Conv" and out is not None and w is not None and len(w) >= 2:
+            if node.op_type in _CONV_LIKE and out is not None and w is not None and len(w) >= 2:
                 macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:]))
             elif node.op_type == "ConvTranspose" and x is not None and w is not None and len(w) >= 2:
                 macs[node.name] = int(np.prod(x)) * int(np.prod(w[1:]))
-            elif node.op_type in ("MatMul", "Gemm") and out is not None and x is not None and len(x) >= 1:
-                trans_a = any(a.name == "transA" and a.i for a in node.attribute)
-                k = x[-2] if (trans_a and len(x) >= 2) else x[-1]
-                macs[node.name] = int(np.prod(out)) * int(k)
+            elif x is not None and len(x) >= 1 and w is not None and len(w) >= 2:
+                # MatMul/Gemm forms: out elements x K; Gemm's output is [M, N] (transA/transB)
+                attr = {a.name: a.i for a in node.attribute if a.name in ("transA", "transB")}
+                k = x[-2] if (attr.get("transA") and len(x) >= 2) else x[-1]
+                if out is None and node.op_type in ("Gemm", "QGemm") and len(x) == 2:
+                    # QGemm (com.microsoft) has no ONNX shape inference: M from A, N from B
+                    out = (x[1] if attr.get("transA") else x[0], w[0] if attr.get("transB") else w[1])
+                if out is not None:
+                    macs[node.name] = int(np.prod(out)) * int(k)
         except (TypeError, ValueError, IndexError):
             continue
     return macs
@@ -143,6 +187,31 @@ def _operand_bits(name: str, producers, types) -> int:
             continue
         break
     return _BITS.get(types.get(name, TensorProto.FLOAT), 32)
+
+
+def _float_op_bits(node, ir, plan, pre_qdq: bool, producers, types) -> "tuple[int, int]":
+    """(activation bits, weight bits) of a Conv/MatMul/Gemm in a QDQ model (or an IR before
+    place-qdq, from its QParams)."""
+    a_bits = _operand_bits(node.input[0], producers, types)
+    w_bits = _operand_bits(node.input[1], producers, types)
+    if pre_qdq:
+        a = _bits_from_ir(ir, plan, node.name, 0)
+        w = _bits_from_ir(ir, plan, node.name, 1)
+        return (a or a_bits), (w or w_bits)
+    a_q, w_q = _is_quantized(node.input[0], producers), _is_quantized(node.input[1], producers)
+    if not (a_q and w_q):
+        # one float operand: the layer computes in float (a DQ'd input is float by then)
+        fb = max(_BITS.get(types.get(node.input[0], TensorProto.FLOAT), 32) if not a_q else 0,
+                 _BITS.get(types.get(node.input[1], TensorProto.FLOAT), 32) if not w_q else 0)
+        return fb, fb
+    return a_bits, w_bits
+
+
+def _zero_point_bits(node, index: int, types) -> int:
+    """Bits of an integer op's operand: its zero point's type (uint8 where it is absent)."""
+    if len(node.input) > index and node.input[index]:
+        return _BITS.get(types.get(node.input[index], TensorProto.UINT8), 8)
+    return 8
 
 
 def _is_quantized(name: str, producers) -> bool:
@@ -199,13 +268,14 @@ def _serialized_bytes(model: onnx.ModelProto) -> int:
     return model_size(model)  # ByteSize() serializes the whole model, and fails over 2 GB
 
 
-def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None) -> Dict:
+def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None,
+                  model: Optional[onnx.ModelProto] = None) -> Dict:
     """Per-layer MACs x activation bits x weight bits, totals and model size.
 
     `ir_or_model`: an IR (after place-qdq, or before it with calibrated QParams) or an
     exported ONNX model; `plan`: the quant plan (ir.ann.notes["quant_plan"]; optional, it
     names the kernel of each layer); `feeds`: one input batch (its shapes resolve dynamic
-    dimensions)."""
+    dimensions); `model`: the IR already exported (saves exporting it again)."""
     ir = None
     if isinstance(ir_or_model, onnx.ModelProto):
         model = ir_or_model
@@ -213,7 +283,7 @@ def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None) -> Dict:
         from qcompiler.ir import ir_to_model
 
         ir = ir_or_model
-        model = ir_to_model(ir)
+        model = model if model is not None else ir_to_model(ir)
         if plan is None:
             plan = ir.ann.notes.get("quant_plan")
     plan = plan or {}
@@ -226,19 +296,12 @@ def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None) -> Dict:
     for node in model.graph.node:
         if node.op_type not in MAC_OPS or node.name not in macs:
             continue
-        a_bits = _operand_bits(node.input[0], producers, types)
-        w_bits = _operand_bits(node.input[1], producers, types)
-        if pre_qdq:
-            a = _bits_from_ir(ir, plan, node.name, 0)
-            w = _bits_from_ir(ir, plan, node.name, 1)
-            a_bits, w_bits = (a or a_bits), (w or w_bits)
-        a_q, w_q = _is_quantized(node.input[0], producers), _is_quantized(node.input[1], producers)
-        if not pre_qdq and not (a_q and w_q):
-            # one float operand: the layer computes in float (a DQ'd input is float by then)
-            fb = max(_BITS.get(types.get(node.input[0], TensorProto.FLOAT), 32) if not a_q else 0,
-                     _BITS.get(types.get(node.input[1], TensorProto.FLOAT), 32) if not w_q else 0)
-            a_bits = w_bits = fb
         m = macs[node.name]
+        if node.op_type in INTEGER_MAC_OPS:
+            _, _, xz, wz = INTEGER_MAC_OPS[node.op_type]
+            a_bits, w_bits = _zero_point_bits(node, xz, types), _zero_point_bits(node, wz, types)
+        else:
+            a_bits, w_bits = _float_op_bits(node, ir, plan, pre_qdq, producers, types)
         layers.append({"name": node.name, "op": node.op_type, "kernel": kernel_of.get(node.name),
                        "macs": m, "activation_bits": a_bits, "weight_bits": w_bits,
                        "bitops": m * a_bits * w_bits})
