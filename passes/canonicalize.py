@@ -58,7 +58,7 @@ class Canonicalize(Pass):
         n = _remove_identities(ir)
         rep["identity_dropout_removed"] = n
         changed |= n > 0
-        folded = _fold_constants(ir)
+        folded = _fold_constants(ir, ctx.log)
         rep["constants_folded"] = folded
         changed |= folded > 0
         n = _div_to_mul(ir)
@@ -201,6 +201,11 @@ def _div_to_mul(ir) -> int:
     return count
 
 
+def _not_foldable(node) -> bool:
+    """Q/DQ stay; ops of other domains (custom ops) are not ONNX Runtime's to run."""
+    return node.op in NEVER_FOLD or node.domain not in ("", "ai.onnx", None)
+
+
 def _nothing_to_fold(ir) -> bool:
     """No node can fold: none reads only constants, and there is no Shape/Size (shape folding),
     Cast (cast elision) or subgraph node. gs.fold_constants copies the whole graph before it
@@ -208,7 +213,7 @@ def _nothing_to_fold(ir) -> bool:
     for node in ir.graph.nodes:
         if node.op in ("Shape", "Size", "Cast") or any(isinstance(v, gs.Graph) for v in node.attrs.values()):
             return False
-        if node.op not in NEVER_FOLD and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+        if not _not_foldable(node) and all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
             return False
     return True
 
@@ -218,14 +223,14 @@ def _read_file_values(ir) -> None:
     model's external data file: gs folds through ONNX Runtime with an exported subgraph, which
     must hold the data itself."""
     for node in ir.graph.nodes:
-        if node.op in NEVER_FOLD or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+        if _not_foldable(node) or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
             continue
         for t in node.inputs:
             if isinstance(t, gs.Constant) and isinstance(t._values, FileValues):
                 t.values  # noqa: B018 (reads the file once; the constant keeps the array)
 
 
-def _fold_constants(ir) -> int:
+def _fold_constants(ir, log) -> int:
     if _nothing_to_fold(ir):
         return 0
     before = sum(1 for n in ir.graph.nodes)
@@ -234,10 +239,21 @@ def _fold_constants(ir) -> int:
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    def fold(partitioning, error_ok):
+        ir.graph.fold_constants(fold_shapes=True, partitioning=partitioning, error_ok=error_ok,
+                                size_threshold=FOLD_SIZE_LIMIT, should_exclude_node=_not_foldable)
+
     try:
-        ir.graph.fold_constants(fold_shapes=True, partitioning="basic", error_ok=True,
-                                size_threshold=FOLD_SIZE_LIMIT,
-                                should_exclude_node=lambda n: n.op in NEVER_FOLD)
+        try:
+            fold(None, False)  # one ONNX Runtime run over all foldable nodes
+        except Exception:
+            # some node cannot run: fold part by part ("basic" copies the graph per part; it
+            # cost half of this pass when it always ran)
+            try:
+                fold("basic", True)
+            except Exception:  # folding is an optimization: the graph is still valid as it is
+                log.warning("constant folding skipped: ONNX Runtime cannot evaluate a subgraph of constants "
+                            "in this model (the model will likely fail at run time too)")
     finally:
         gs.logger.G_LOGGER.severity = level
     # Folded values are now Constants; their producer nodes are dead and the manager drops them.

@@ -103,6 +103,34 @@ def test_canonicalize_skips_folding_when_nothing_is_constant():
     check_equal(m, res, seeds=(0,))
 
 
+def _fold_with(extra_node, extra_init):
+    """x * (c1 + c2), plus one more node on constants that ONNX Runtime cannot evaluate."""
+    c1 = numpy_helper.from_array(np.arange(4, dtype=np.float32), "c1")
+    c2 = numpy_helper.from_array(np.ones(4, np.float32), "c2")
+    nodes = [helper.make_node("Add", ["c1", "c2"], ["a"], name="add"),
+             helper.make_node("Mul", ["x", "a"], ["y"], name="mul"), extra_node]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [c1, c2] + extra_init)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("my.ops", 1)],
+                             ir_version=8)
+
+
+def test_canonicalize_folds_around_a_custom_op_on_constants():
+    m = _fold_with(helper.make_node("Scale2", ["c1"], ["z"], domain="my.ops", name="custom"), [])
+    res = build(m, pipeline=["canonicalize"])
+    assert [n.op_type for n in res.model.graph.node] == ["Mul", "Scale2"]
+    assert res.report["passes"]["canonicalize"]["constants_folded"] == 1
+
+
+def test_canonicalize_skips_folding_that_onnxruntime_cannot_evaluate(caplog):
+    idx = numpy_helper.from_array(np.array([10], np.int64), "idx")  # out of range: Gather fails at run time
+    m = _fold_with(helper.make_node("Gather", ["c1", "idx"], ["z"], name="bad_gather"), [idx])
+    res = build(m, pipeline=["canonicalize"])  # a warning, not a failed pass
+    assert sorted(n.op_type for n in res.model.graph.node) == ["Add", "Gather", "Mul"]
+    assert "constant folding skipped" in caplog.text
+
+
 def test_canonicalize_keeps_identity_between_input_and_output():
     """An Identity from the graph input to the graph output must stay: the output needs a producer."""
     nodes = [helper.make_node("Identity", ["x"], ["y"], name="id")]
