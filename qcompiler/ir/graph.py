@@ -177,10 +177,11 @@ class IR:
         then the chosen consumers (all by default) read the new tensor. The nodes that
         `build` created are excluded automatically, which is the Q/DQ insertion case.
         """
-        before = {id(n) for n in self.graph.nodes}
+        # the graph-wide scans are only needed for graph outputs (placing Q/DQ on every
+        # edge of a large graph would otherwise be quadratic)
+        before = {id(n) for n in self.graph.nodes} if include_graph_output else set()
         chosen = list(tensor.outputs) if consumers is None else list(consumers)
         new = build(tensor)
-        created = [n for n in self.graph.nodes if id(n) not in before]
         chosen_ids = {id(n) for n in chosen}
         others = [n for n in tensor.outputs if id(n) not in chosen_ids]
         for node in chosen:
@@ -188,6 +189,7 @@ class IR:
                 if t is tensor:
                     node.inputs[i] = new
         if include_graph_output:
+            created = [n for n in self.graph.nodes if id(n) not in before]
             self.replace_uses(tensor, new, exclude=created + others)
         return new
 
@@ -279,7 +281,7 @@ class IR:
 
         self.graph.nodes = toposort_nodes(self.graph)
 
-    def verify(self) -> None:
+    def verify(self, sorted_already: bool = False) -> None:
         from .verify import verify
 
-        verify(self)
+        verify(self, sorted_already)

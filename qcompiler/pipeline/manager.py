@@ -100,8 +100,8 @@ class PassManager:
             try:
                 changed = bool(p.run(ir, ctx))
                 removed = ir.cleanup()
-                ir.toposort()
-                ir.verify()
+                ir.toposort()  # raises on a cycle
+                ir.verify(sorted_already=True)
             except Exception as e:  # every failure is named after its pass
                 err = _as_pass_error(p, e)
                 for inst in self.instruments:

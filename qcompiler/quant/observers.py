@@ -97,8 +97,9 @@ class Observer:
         a = _as_float(x).reshape(-1)
         if a.size == 0:
             return a
-        mn, mx = a.min(), a.max()
-        if not (np.isfinite(mn) and np.isfinite(mx)):  # NaN propagates through min/max
+        # ufunc reduce and math.isfinite: this runs once per observed tensor and batch
+        mn, mx = float(np.minimum.reduce(a)), float(np.maximum.reduce(a))
+        if not (math.isfinite(mn) and math.isfinite(mx)):  # NaN propagates through min/max
             nan = np.isnan(a)
             fin = np.isfinite(a)
             n_nan = int(nan.sum())
@@ -107,9 +108,9 @@ class Observer:
             a = a[fin]
             if a.size == 0:
                 return a
-            mn, mx = a.min(), a.max()
+            mn, mx = float(a.min()), float(a.max())
         self._count += int(a.size)
-        self._batch_min, self._batch_max = float(mn), float(mx)
+        self._batch_min, self._batch_max = mn, mx
         self._min = min(self._min, self._batch_min)
         self._max = max(self._max, self._batch_max)
         return a
