@@ -53,6 +53,8 @@ def build(
 
     `pipeline` overrides the target's pipeline; without both, the FP32 pipeline runs.
     `calib` is a zero-argument callable that returns a fresh iterator of input batches.
+    Options include calib_method, emit, keep_float and evaluate (default True: hold out
+    every 10th calibration batch and report the output error on those).
     """
     for plugin in plugins:
         load_plugin(plugin)
@@ -63,7 +65,9 @@ def build(
     source = model if isinstance(model, onnx.ModelProto) else read_model(model, lazy=True)
     ir = load_ir(source)
     _verify_input(ir)
-    calib_part, eval_part = split_holdout(calib)
+    # every 10th batch is held out for the report's output error; a build that does not
+    # evaluate (options evaluate=False) calibrates on all of them
+    calib_part, eval_part = split_holdout(calib) if (options or {}).get("evaluate", True) else (calib, None)
     ctx = Context(target=tgt, options=dict(options or {}), calib=calib_part)
     ctx.report["pipeline"] = [p.name for p in passes]
     if tgt is not None:
