@@ -239,6 +239,7 @@ def _fold_constants(ir, log) -> int:
     level = gs.logger.G_LOGGER.severity
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+
     def fold(partitioning, error_ok):
         ir.graph.fold_constants(fold_shapes=True, partitioning=partitioning, error_ok=error_ok,
                                 size_threshold=FOLD_SIZE_LIMIT, should_exclude_node=_not_foldable)

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     ref = np.asarray(ref, dtype=np.float64)
     err = ref - np.asarray(out, dtype=np.float64)

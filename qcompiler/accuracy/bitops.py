@@ -7,8 +7,8 @@ forms QLinearConv, QLinearMatMul, QGemm, ConvInteger, MatMulInteger):
 
 with the bits read from the graph: an input that comes out of a DequantizeLinear has the
 bits of its quantized type (uint8/int8: 8, int16: 16, int4: 4), an integer op's operands
-the bits of their zero points' type, any other float input its float width (32). On an IR before place-qdq the bits come from the QParams the
-calibration attached. Totals, the INT8 share of MACs and of bit-operations, and the model
+the bits of their zero points' type, any other float input its float width (32). On an
+IR before place-qdq the bits come from the QParams the calibration attached. Totals, the INT8 share of MACs and of bit-operations, and the model
 size (parameters at their stored width) complete the report. An FP32 layer costs
 32 x 32 = 1024 bit-operations per MAC, an INT8 one 8 x 8 = 64: a layer kept float costs
 16 times its INT8 price.
@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-# op -> (data input, weight input, data zero point, weight zero point); None: a float op
+# integer op -> input index of (data, weight, data zero point, weight zero point)
 INTEGER_MAC_OPS = {"QLinearConv": (0, 3, 2, 5), "QLinearMatMul": (0, 3, 2, 5), "QGemm": (0, 3, 2, 5),
                    "ConvInteger": (0, 1, 2, 3), "MatMulInteger": (0, 1, 2, 3)}
 MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm") + tuple(INTEGER_MAC_OPS)
