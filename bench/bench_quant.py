@@ -120,9 +120,8 @@ def child_main(spec: Dict) -> None:
         import qcompiler.target  # noqa: F401
         from qcompiler.pipeline.registry import all_passes
 
-        # import time is not build time (the ORT child imports onnxruntime.quantization before
-        # its clock starts too):
-        # the pass modules and what the build imports lazily are loaded before the clock starts
+        # import time is not build time: the pass modules and what the build imports lazily
+        # load before the clock starts, as the ORT child imports onnxruntime.quantization
         all_passes()
 
         base = common.maxrss_mb()
@@ -248,22 +247,15 @@ def cached_data(name: str, n: int, seed: int, cache: str, log) -> tuple:
 
 
 def ort_int8_macs(model, feeds) -> Dict:
-    """MAC share of an ONNX Runtime QDQ model: Conv/MatMul/Gemm fed by DequantizeLinear on
-    both the data and the weight input (what ORT turns into integer kernels)."""
-    from qcompiler.accuracy.bitops import mac_counts
+    """MAC share of an ONNX Runtime QDQ model, counted as qcompiler's build report counts its
+    own: a Conv/MatMul/Gemm is INT8 when both its data and weight inputs come out of 8-bit
+    DequantizeLinear (what ORT turns into integer kernels)."""
+    from qcompiler.accuracy.bitops import bitops_report, mac_summary
 
     try:
-        macs = mac_counts(model, feeds)
+        return mac_summary(bitops_report(model, None, feeds))
     except Exception as e:  # counted separately from qcompiler's own report
         return {"error": f"{type(e).__name__}: {e}"}
-    producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    int8 = 0
-    for n in model.graph.node:
-        if n.name in macs and len(n.input) > 1 and \
-                producer.get(n.input[0]) == "DequantizeLinear" and producer.get(n.input[1]) == "DequantizeLinear":
-            int8 += macs[n.name]
-    total = sum(macs.values())
-    return {"total_macs": total, "int8_macs": int8, "int8_share": round(int8 / total, 4) if total else None}
 
 
 def evaluate(variants: Dict[str, object], fp32_out: np.ndarray, eval_path: str, inp: str,

@@ -8,8 +8,9 @@ forms QLinearConv, QLinearMatMul, QGemm, ConvInteger, MatMulInteger):
 with the bits read from the graph: an input that comes out of a DequantizeLinear has the
 bits of its quantized type (uint8/int8: 8, int16: 16, int4: 4), an integer op's operands
 the bits of their zero points' type, any other float input its float width (32). On an
-IR before place-qdq the bits come from the QParams the calibration attached. Totals, the INT8 share of MACs and of bit-operations, and the model
-size (parameters at their stored width) complete the report. An FP32 layer costs
+IR before place-qdq the bits come from the QParams the calibration attached. Totals, the
+INT8 share of MACs and of bit-operations, and the model size (parameters at their stored
+width) complete the report. An FP32 layer costs
 32 x 32 = 1024 bit-operations per MAC, an INT8 one 8 x 8 = 64: a layer kept float costs
 16 times its INT8 price.
 """
@@ -333,3 +334,10 @@ def format_bitops(rep: Dict, top: int = 10) -> str:
             lines.append(f"  {x['name'][:40]:<40} {x['macs']:>12,} {x['activation_bits']:>3} {x['weight_bits']:>3} "
                          f"{x['bitops']:>14,}")
     return "\n".join(lines)
+
+
+def mac_summary(rep: Dict) -> Dict:
+    """The build report's "macs" entry from a bitops_report: total, INT8 MACs, INT8 share."""
+    share = rep["int8_mac_share"]
+    return {"total_macs": rep["total_macs"], "int8_macs": rep["int8_macs"],
+            "int8_share": round(share, 4) if share is not None else None}

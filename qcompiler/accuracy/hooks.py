@@ -118,13 +118,11 @@ def prepare_build(model, target, names: Sequence[str], calib, options: Dict,
 def add_bitops(report: Dict, ir, feeds, model=None) -> None:
     """report["bitops"] and report["macs"] (the INT8 share) for a quantized build (call after
     the pipeline ran; `model`: the IR as exported, when it is)."""
-    from .bitops import bitops_report
+    from .bitops import bitops_report, mac_summary
 
     plan = ir.ann.notes.get("quant_plan")
     if plan is None:
         return
     rep = bitops_report(ir, plan, feeds, model=model)
     report["bitops"] = rep
-    share = rep["int8_mac_share"]
-    report["macs"] = {"total_macs": rep["total_macs"], "int8_macs": rep["int8_macs"],
-                      "int8_share": round(share, 4) if share is not None else None}
+    report["macs"] = mac_summary(rep)
