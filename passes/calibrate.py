@@ -18,6 +18,12 @@ from qcompiler.quant.observers import make_observer
 from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
 
+# Ops whose output range the op itself bounds: a gate or a probability near its bound is
+# common and carries the result, so a histogram method's clipping (made for rare outliers)
+# only costs accuracy there (entropy clipped PP-OCR cls's HardSigmoid gates to 0.18 of their
+# range). These tensors and the graph outputs are observed by min/max whatever the method.
+BOUNDED_OPS = ("Sigmoid", "HardSigmoid", "Softmax", "Tanh")
+
 
 @register_pass("calibrate", requires={"observed"}, provides={"calibrated"})
 class Calibrate(Pass):
@@ -32,7 +38,10 @@ class Calibrate(Pass):
         t0 = time.perf_counter()
         ranges = {}
         if plan.tensors:
-            observers = {name: make_observer(method, **opts) for name in plan.tensors}
+            full = _full_range_tensors(ir, plan.tensors) if method not in ("minmax", "moving_average") else set()
+            observers = {name: make_observer("minmax" if name in full else method, **({} if name in full else opts))
+                         for name in plan.tensors}
+            rep["full_range_tensors"] = len(full)
             source = require_calibration(ctx, self.name)
             batches = observe_session(ir, plan.tensors, source(), observers,
                                       progress=ctx.option("progress", False))
@@ -56,3 +65,15 @@ class Calibrate(Pass):
         rep.update(method=method, tensors=len(ranges), weights=n_w, seconds=round(time.perf_counter() - t0, 4))
         ctx.report["calibration"] = {"method": method, "seconds": rep["seconds"], "batches": rep.get("batches", 0)}
         return bool(ranges) or n_w > 0
+
+
+def _full_range_tensors(ir, names) -> set:
+    """The observed tensors that keep their whole observed range: outputs of BOUNDED_OPS and
+    graph outputs (and the pass-through copies of either, which share their scale group)."""
+    tensors = ir.tensors()
+    keep = {t.name for t in ir.graph.outputs}
+    for node in ir.graph.nodes:
+        if node.op in BOUNDED_OPS and node.domain in ("", None):
+            keep.update(t.name for t in node.outputs)
+    roots = {ir.ann.groups.find(n) for n in keep if n in tensors}
+    return {n for n in names if n in keep or ir.ann.groups.find(n) in roots}

@@ -356,6 +356,50 @@ def test_bias_add_not_folded_when_conv_output_has_two_readers():
     check_equal(m, res)
 
 
+def _matmul_bias_head(computed_shape: bool, rank3: bool = False):
+    """x [N, C, 1, 1] -> Reshape -> MatMul(W [C, K]) -> Add(b [K]), the classifier head of a
+    Paddle export; with computed_shape the Reshape's shape is Shape -> Slice -> Concat, which
+    leaves ONNX shape inference without the output rank."""
+    rng = np.random.default_rng(4)
+    c, k = 6, 3
+    inits = [numpy_helper.from_array(rng.standard_normal((c, k)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(k).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([1, c] if rank3 else [c], np.int64), "rest")]
+    nodes = []
+    if computed_shape:
+        nodes += [helper.make_node("Shape", ["x"], ["xs"]),
+                  helper.make_node("Slice", ["xs", "zero", "one"], ["n"]),
+                  helper.make_node("Concat", ["n", "rest"], ["shape"], axis=0)]
+    else:
+        inits.append(numpy_helper.from_array(np.array([-1] + ([1, c] if rank3 else [c]), np.int64), "shape"))
+    nodes += [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+              helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+              helper.make_node("Add", ["mm", "b"], ["y"])]
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c, 1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, k] if rank3 else ["n", k])],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("computed_shape", [False, True])
+def test_matmul_bias_add_becomes_gemm(computed_shape):
+    m = _matmul_bias_head(computed_shape)
+    res = compile_(m, FUSE)
+    assert op_count(res.model, "Gemm") == 1 and op_count(res.model, "MatMul") == 0
+    assert op_count(res.model, "Add") == 0
+    assert res.report["passes"]["fuse-conv-bias-act"]["matmul_add_to_gemm"] == 1
+    check_equal(m, res, dims={"n": 2})
+
+
+def test_rank3_matmul_bias_add_stays():
+    m = _matmul_bias_head(computed_shape=True, rank3=True)
+    res = compile_(m, FUSE)
+    assert op_count(res.model, "Gemm") == 0 and op_count(res.model, "Add") == 1
+    check_equal(m, res, dims={"n": 2})
+
+
 def test_full_fp32_pipeline_on_networks():
     for m, bns in ((models.residual_concat_net(), 11), (models.resnet18_like(hw=32, width=8, num_classes=10), 20),
                    (models.mobilenet_like(hw=32, width=8, num_classes=10), None)):

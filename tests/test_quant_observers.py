@@ -257,6 +257,17 @@ def test_entropy_threshold_uses_scheme_levels():
     assert 0 < t4 < t8 <= x.max()  # fewer levels clip harder
 
 
+def test_entropy_ignores_the_spike_of_zeros_after_relu():
+    # Half the values exactly 0 (a ReLU output): zero lies on the grid, so the threshold must
+    # be the one of the positive values alone (before, the spike pulled it to 1.64 of 4.37).
+    rng = np.random.default_rng(3)
+    pos = np.abs(rng.normal(0.0, 1.0, 100_000))
+    alone = EntropyObserver().update(pos).range(UINT8)[1]
+    relu = EntropyObserver().update(np.concatenate([pos, np.zeros(100_000)])).range(UINT8)[1]
+    assert alone > 0.8 * pos.max()
+    assert relu == pytest.approx(alone, rel=0.02)
+
+
 # ---- streaming -------------------------------------------------------------------------
 
 

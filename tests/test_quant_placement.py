@@ -190,3 +190,55 @@ def test_report_lists_float_reasons_and_counts(batches):
     assert any("HardSwish" in v and "x86" in v for v in reasons.values()), reasons
     assert r.report["quantization"]["qdq"]["QuantizeLinear"] >= 1
     assert r.report["size"]["after"] > 0
+
+
+def _gated_net():
+    """Conv-Relu -> squeeze-excite gate (GAP, Conv, HardSigmoid, Mul) -> Conv -> GAP -> Softmax."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w1", rng.normal(0, 0.3, (8, 4, 3, 3))), ("w2", rng.normal(0, 3.0, (8, 8, 1, 1))),
+        ("w3", rng.normal(0, 0.5, (3, 8, 1, 1))))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Conv", ["g", "w2"], ["s"]),
+             helper.make_node("HardSigmoid", ["s"], ["gate"]),
+             helper.make_node("Mul", ["r", "gate"], ["m"]),
+             helper.make_node("Conv", ["m", "w3"], ["c3"]),
+             helper.make_node("GlobalAveragePool", ["c3"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["prob"], axis=1)]
+    graph = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile", "mse"])
+def test_histogram_methods_keep_gates_and_outputs_whole(method):
+    # A gate or a probability near its bound is common, not an outlier: clipping it costs
+    # accuracy, so bounded-op outputs and graph outputs keep their observed range.
+    model = _gated_net()
+    rng = np.random.default_rng(6)
+    feeds = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(16)]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([onnx.helper.make_tensor_value_info("gate", onnx.TensorProto.FLOAT, None)])
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    observed = {"prob": 0.0, "gate": 0.0}
+    for f in feeds:
+        prob, gate = sess.run(None, f)
+        observed = {"prob": max(observed["prob"], float(prob.max())), "gate": max(observed["gate"], float(gate.max()))}
+    r = _build(model, feeds, "x86", calib_method=method)
+    assert r.report["passes"]["calibrate"]["full_range_tensors"] >= 2
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in r.model.graph.initializer}
+    tops = {}
+    for n in r.model.graph.node:  # the gate's QuantizeLinear; the DequantizeLinear giving the output
+        key = n.input[0] if n.op_type == "QuantizeLinear" else n.output[0] if n.op_type == "DequantizeLinear" else None
+        if key in observed:
+            scale, zp = float(inits[n.input[1]]), int(inits[n.input[2]])
+            tops[key] = (255 - zp) * scale
+    assert set(tops) == {"prob", "gate"}
+    for name, top in tops.items():
+        assert top >= observed[name] * (1 - 1e-6), (name, top, observed[name])

@@ -489,9 +489,12 @@ class EntropyObserver(HistogramObserver):
 
     TensorRT-style: on the histogram of |x|, for each candidate threshold i (in bins)
     the reference P is the first i bins with everything beyond added to the last one,
-    and Q is those i bins merged into L levels (L = levels on one side of zero for the
-    scheme, e.g. 128 for int8; all 256 for one-sided data on an affine uint8 grid) and
-    spread back over the bins that are non-empty; the i with the least KL(P || Q) wins.
+    and Q is those i bins merged into L levels and spread back over the bins that are
+    non-empty; the i with the least KL(P || Q) wins. L is the number of grid steps
+    between 0 and the candidate: 128 for symmetric int8, all 256 for one-sided data on an
+    affine uint8 grid, and for two-sided data on an affine grid the share of the 255 steps
+    that the candidate's side gets (a HardSwish output, mostly positive, gets most of
+    them: counting only 128 made the search clip such tensors to half their range).
     """
 
     method = "entropy"
@@ -500,25 +503,33 @@ class EntropyObserver(HistogramObserver):
         super().__init__(bins)
         self.max_candidates = int(max_candidates)
 
-    def threshold(self, levels: int) -> float:
+    def threshold(self, levels) -> float:
+        """The best threshold; `levels` is L, or a function of the candidate (in bins) giving L."""
         hist, w = self._abs_histogram()
+        # The bin at zero lies on the grid (the zero point quantizes it exactly). Left in, the
+        # spike of exact zeros after a ReLU dominates the divergence of every wide candidate,
+        # and the search clips ReLU outputs to the first candidate (1/8 of the range).
+        hist[0] = 0.0
         n = len(hist)
         absmax = max(-self._min, self._max)
-        if n <= levels:
+        levels_at = levels if callable(levels) else (lambda i: levels)
+        first = min(levels_at(1), n)  # the fewest levels: every candidate has a bin per level
+        if n <= levels_at(n):
             return absmax
         total = hist.sum()
         tail = total - np.cumsum(hist)  # tail[i-1] = mass beyond the first i bins
-        step = max(1, (n - levels) // self.max_candidates)
-        cands = list(range(levels, n + 1, step))
+        step = max(1, (n - first) // self.max_candidates)
+        cands = list(range(first, n + 1, step))
         if cands[-1] != n:
             cands.append(n)
         best_i, best_kl = n, math.inf
         for i in cands:
+            lv = min(levels_at(i), i)
             h = hist[:i]
             p = h.copy()
             p[-1] += tail[i - 1]
             nz = p > 0
-            edges = (np.arange(levels + 1) * i) // levels
+            edges = (np.arange(lv + 1) * i) // lv
             starts = edges[:-1]
             merged = np.add.reduceat(h, starts)
             nz_cnt = np.add.reduceat(nz.astype(np.float64), starts)
@@ -542,7 +553,16 @@ class EntropyObserver(HistogramObserver):
         if self._empty():
             return 0.0, 0.0
         one_sided = self._min >= 0 or self._max <= 0
-        t = self.threshold(_levels(scheme, one_sided))
+        if scheme.symmetric or one_sided:
+            t = self.threshold(_levels(scheme, one_sided))
+        else:
+            grid, w, neg, pos = scheme.qmax - scheme.qmin + 1, self._w, -self._min, self._max
+
+            def levels(i: int) -> int:  # the candidate side's share of the grid, on the clipped range
+                t = i * w
+                return max(1, int(grid * t / (min(neg, t) + min(pos, t)) + 1e-9))  # 128 when both sides reach t
+
+            t = self.threshold(levels)
         return min(max(self._min, -t), 0.0), max(min(self._max, t), 0.0)
 
 
