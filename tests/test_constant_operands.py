@@ -91,7 +91,9 @@ def test_x86_build_leaves_no_float_elementwise_ops():
             producers = {o: p.op_type for p in res.model.graph.node for o in p.output}
             assert all(producers.get(i) == "DequantizeLinear" for i in n.input), n.name
     fused = _fused_ops(res.model)
-    assert fused["QLinearAdd"] == 1 and fused["QLinearMul"] == 2, fused
+    # x * relu6(x + 3): QLinearAdd + QLinearMul; the / 6 became the Mul's output scale (fold-requant)
+    assert res.report["passes"]["fold-requant"]["scalar_muls_folded"] == 1
+    assert fused["QLinearAdd"] == 1 and fused["QLinearMul"] == 1, fused
     for op in ("Add", "Mul", "Div", "DequantizeLinear"):
         assert fused[op] <= (1 if op == "DequantizeLinear" else 0), fused  # only the output's DQ
     # and the quantized model stays close to FP32

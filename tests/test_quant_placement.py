@@ -242,3 +242,46 @@ def test_histogram_methods_keep_gates_and_outputs_whole(method):
     assert set(tops) == {"prob", "gate"}
     for name, top in tops.items():
         assert top >= observed[name] * (1 - 1e-6), (name, top, observed[name])
+
+
+def _hardswish_net():
+    """Conv -> x * relu6(x + 3) / 6 (a Paddle/PyTorch export's HardSwish) -> Conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.float32(3.0), "three"), numpy_helper.from_array(np.float32(0.0), "lo"),
+             numpy_helper.from_array(np.float32(6.0), "six")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "three"], ["c3"]),
+             helper.make_node("Clip", ["c3", "lo", "six"], ["r6"]),
+             helper.make_node("Mul", ["c", "r6"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["hs"]),
+             helper.make_node("Conv", ["hs", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "hswish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("target", ["x86", "arm64"])
+def test_fold_requant_turns_a_scalar_mul_into_a_scale(target):
+    # The "/ 6" (a Mul by 1/6 after canonicalize) between two quantized tensors becomes the
+    # scale of the tensor before it: one Mul, one DQ and one Q fewer, outputs within one step.
+    model = _hardswish_net()
+    rng = np.random.default_rng(9)
+    feeds = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
+    folded = _build(model, feeds, target)
+    unfolded = build(model, target=target, pipeline=QUANT_PIPELINE[:-1], calib=lambda: iter(feeds))
+    assert folded.report["passes"]["fold-requant"]["scalar_muls_folded"] == 1
+    ops_f = Counter(n.op_type for n in folded.model.graph.node)
+    ops_u = Counter(n.op_type for n in unfolded.model.graph.node)
+    assert ops_f["Mul"] == ops_u["Mul"] - 1 and ops_f["QuantizeLinear"] == ops_u["QuantizeLinear"] - 1
+    onnx.checker.check_model(folded.model, full_check=True)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in folded.model.graph.initializer}
+    out_dq = next(n for n in folded.model.graph.node if n.output[0] == "y")
+    step = float(inits[out_dq.input[1]])
+    for f in feeds[:3]:
+        a = _run(unfolded.model, f, reference=True)[0]
+        b = _run(folded.model, f, reference=True)[0]
+        assert np.max(np.abs(a - b)) <= step * 1.001
