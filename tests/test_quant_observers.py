@@ -268,6 +268,40 @@ def test_entropy_ignores_the_spike_of_zeros_after_relu():
     assert relu == pytest.approx(alone, rel=0.02)
 
 
+def _kl_loop(hist, i, levels):
+    """KL(P || Q) of one candidate, written out bin by bin (the reference for the prefix-sum form)."""
+    h = hist[:i].astype(np.float64)
+    p = h.copy()
+    p[-1] += hist[i:].sum()
+    nz = p > 0
+    edges = (np.arange(levels + 1) * i) // levels
+    q = np.zeros(i)
+    for a, b in zip(edges[:-1], edges[1:]):
+        k = nz[a:b].sum()
+        if k:
+            q[a:b] = np.where(nz[a:b], h[a:b].sum() / k, 0.0)
+    if q.sum() <= 0:
+        return np.inf
+    pn, qn = p / p.sum(), q / q.sum()
+    qn = np.where(nz & (qn <= 0), 1e-12, qn)
+    return float(np.sum(pn[nz] * np.log(pn[nz] / qn[nz])))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_entropy_divergences_match_the_bin_by_bin_definition(seed):
+    from qcompiler.quant.observers import _kl_divergences
+
+    rng = np.random.default_rng(seed)
+    hist = np.floor(rng.exponential(50.0, 700) * (rng.random(700) > 0.3))  # with empty bins
+    hist[650:] = 0
+    hist[699] = 3.0  # an outlier bin after a gap
+    for levels in (128, 200):
+        cands = np.arange(levels, 701, 7)
+        got = _kl_divergences(hist, cands, levels)
+        want = np.array([_kl_loop(hist, int(i), levels) for i in cands])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
 # ---- streaming -------------------------------------------------------------------------
 
 
