@@ -106,6 +106,8 @@ def _fold_scalar_mul(ir, mul) -> bool:
     pa, pb = _params(ir, q_a), _params(ir, q_b)
     if pa is None or pb is None or pa[2] is not None or pb[2] is not None or pa[1].dtype != pb[1].dtype:
         return False  # per-tensor, same integer type only
+    if not same_params(pa, _params(ir, dq_a)):
+        return False  # Q_A already writes another tensor's codes (an earlier fold of a chain)
     scale = np.float32(float(pb[0]) / k)
     if not (np.isfinite(scale) and scale > 0):
         return False

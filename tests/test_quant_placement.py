@@ -285,3 +285,34 @@ def test_fold_requant_turns_a_scalar_mul_into_a_scale(target):
         a = _run(unfolded.model, f, reference=True)[0]
         b = _run(folded.model, f, reference=True)[0]
         assert np.max(np.abs(a - b)) <= step * 1.001
+
+
+def test_fold_requant_folds_one_mul_of_a_chain():
+    # conv -> Mul(0.5) -> Mul(3) -> conv: after the first fold the tensor before the second Mul
+    # is written on another tensor's grid, so the second Mul stays (folding it too would
+    # scale by 0.5 twice).
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(10)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 4, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.float32(0.5), "half"), numpy_helper.from_array(np.float32(3.0), "three")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "half"], ["m1"]),
+             helper.make_node("Mul", ["m1", "three"], ["m2"]),
+             helper.make_node("Conv", ["m2", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
+    folded = _build(model, feeds, "x86")
+    unfolded = build(model, target="x86", pipeline=QUANT_PIPELINE[:-1], calib=lambda: iter(feeds))
+    assert folded.report["passes"]["fold-requant"]["scalar_muls_folded"] == 1
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in folded.model.graph.initializer}
+    step = float(inits[next(n for n in folded.model.graph.node if n.output[0] == "y").input[1]])
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for f in feeds[:3]:
+        a = _run(unfolded.model, f, reference=True)[0]
+        b = _run(folded.model, f, reference=True)[0]
+        assert np.max(np.abs(a - b)) <= step * 1.001
+        assert np.max(np.abs(b - ref.run(None, f)[0])) < 0.1 * np.max(np.abs(ref.run(None, f)[0]))
