@@ -66,12 +66,6 @@ class FoldRequant(Pass):
         return removed + scalar_muls > 0
 
 
-def _only_reader(ir, t):
-    if ir.is_graph_output(t) or len(t.outputs) != 1:
-        return None
-    return t.outputs[0]
-
-
 def _scalar(ir, t):
     """The value of `t` when it is a scalar constant, or the DequantizeLinear of one."""
     v = ir.const_value(t)
@@ -98,10 +92,10 @@ def _fold_scalar_mul(ir, mul) -> bool:
     else:
         return False
     q_a = ir.producer(dq_a.inputs[0])
-    q_b = _only_reader(ir, mul.outputs[0])
+    q_b = ir.sole_consumer(mul.outputs[0])
     if not (k > 0 and np.isfinite(k)) or q_a is None or q_a.op != "QuantizeLinear" or q_b is None \
-            or q_b.op != "QuantizeLinear" or _only_reader(ir, q_a.outputs[0]) is not dq_a \
-            or _only_reader(ir, dq_a.outputs[0]) is not mul or ir.is_graph_output(q_b.outputs[0]):
+            or q_b.op != "QuantizeLinear" or ir.sole_consumer(q_a.outputs[0]) is not dq_a \
+            or ir.sole_consumer(dq_a.outputs[0]) is not mul or ir.is_graph_output(q_b.outputs[0]):
         return False
     pa, pb = _params(ir, q_a), _params(ir, q_b)
     if pa is None or pb is None or pa[2] is not None or pb[2] is not None or pa[1].dtype != pb[1].dtype:

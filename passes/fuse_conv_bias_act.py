@@ -1,11 +1,12 @@
 """fuse-conv-bias-act: conv + optional bias Add + optional activation as one fused region.
 
 A constant per-channel Add after a Conv/ConvTranspose is folded into the conv's bias
-input. A 2-D MatMul with a constant weight followed by a constant bias Add becomes a Gemm with
-that bias (what ONNX Runtime's MatMulAddFusion does): its bias is then quantized as int32 with
-the accumulator's scale, instead of the MatMul output being rounded to 8 bits and the Add
-rounding again (on the PP-OCR cls head that double rounding cost 3.5 dB). The activation that follows (Relu, Clip/ReLU6, LeakyRelu, HardSwish,
-HardSigmoid*x, Sigmoid*x i.e. SiLU) joins the conv in a FusedRegion: later quantization
+input. A 2-D MatMul with a constant weight followed by a constant bias Add becomes a Gemm
+with that bias (what ONNX Runtime's MatMulAddFusion does): its bias is then quantized as
+int32 with the accumulator's scale, instead of the MatMul output being rounded to 8 bits
+and the Add rounding again (on the PP-OCR cls head that double rounding cost 3.5 dB).
+The activation that follows (Relu, Clip/ReLU6, LeakyRelu, HardSwish, HardSigmoid*x,
+Sigmoid*x i.e. SiLU) joins the conv in a FusedRegion: later quantization
 passes place no quantization point inside a region. A region never swallows a tensor
 that is a graph output or read by a node outside the region.
 """
@@ -53,12 +54,6 @@ class FuseConvBiasAct(Pass):
         return biases + regions + gemms > 0
 
 
-def _only_consumer(ir, t):
-    if ir.is_graph_output(t) or len(t.outputs) != 1:
-        return None
-    return t.outputs[0]
-
-
 def _out_channels(ir, conv) -> Optional[int]:
     w = ir.const_value(conv.inputs[1])
     if conv.op == "Conv":
@@ -67,7 +62,7 @@ def _out_channels(ir, conv) -> Optional[int]:
 
 
 def _fold_bias_add(ir, conv) -> bool:
-    add = _only_consumer(ir, conv.outputs[0])
+    add = ir.sole_consumer(conv.outputs[0])
     if add is None or add.op != "Add" or add.domain not in ("", None):
         return False
     other = add.inputs[1] if add.inputs[0] is conv.outputs[0] else add.inputs[0]
@@ -96,7 +91,7 @@ def _matmul_add_to_gemm(ir, mm) -> bool:
     w = ir.const_value(w_t)
     if w is None or w.ndim != 2 or _rank(a) != 2:
         return False
-    add = _only_consumer(ir, mm.outputs[0])
+    add = ir.sole_consumer(mm.outputs[0])
     if add is None or add.op != "Add" or add.domain not in ("", None):
         return False
     other = add.inputs[1] if add.inputs[0] is mm.outputs[0] else add.inputs[0]

@@ -63,6 +63,13 @@ class IR:
     def is_graph_output(self, t: Tensor) -> bool:
         return any(o is t for o in self.graph.outputs)
 
+    def sole_consumer(self, t: Tensor) -> Optional[Node]:
+        """The one node reading `t`, or None when `t` has other readers or is a graph output
+        (what a rewrite that swallows `t` needs)."""
+        if self.is_graph_output(t) or len(t.outputs) != 1:
+            return None
+        return t.outputs[0]
+
     def is_graph_input(self, t: Tensor) -> bool:
         return any(i is t for i in self.graph.inputs)
 
