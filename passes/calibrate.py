@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 
 from qcompiler.build import require_calibration
 from qcompiler.errors import CalibrationError
 from qcompiler.pipeline.registry import Pass, register_pass
+from qcompiler.quant.derived import derivations, derived_ranges
 from qcompiler.quant.observers import make_observer
 from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
@@ -39,12 +42,15 @@ class Calibrate(Pass):
         ranges = {}
         if plan.tensors:
             full = _full_range_tensors(ir, plan.tensors) if method not in ("minmax", "moving_average") else set()
+            derived = derivations(ir, plan.tensors) if method == "minmax" else {}
+            observed = [name for name in plan.tensors if name not in derived]
             observers = {name: make_observer("minmax" if name in full else method, **({} if name in full else opts))
-                         for name in plan.tensors}
+                         for name in observed}
             rep["full_range_tensors"] = len(full)
             source = require_calibration(ctx, self.name)
-            batches = observe_session(ir, plan.tensors, source(), observers,
+            batches = observe_session(ir, observed, source(), observers,
                                       progress=ctx.option("progress", False))
+            observers.update(_derived_observers(derived, observers))
             for name, obs in observers.items():
                 stats = obs.stats
                 if stats.count == 0:
@@ -59,12 +65,24 @@ class Calibrate(Pass):
                                     name, lo)
                 ranges[name] = (float(lo), float(hi))
             rep["batches"] = batches
+            rep["derived_tensors"] = len(derived)
         ir.ann.notes["ranges"] = ranges
         ir.ann.qparams.update(group_qparams(ir, ranges, act))
         n_w = weight_qparams(ir, ctx.target, plan)
         rep.update(method=method, tensors=len(ranges), weights=n_w, seconds=round(time.perf_counter() - t0, 4))
         ctx.report["calibration"] = {"method": method, "seconds": rep["seconds"], "batches": rep.get("batches", 0)}
         return bool(ranges) or n_w > 0
+
+
+def _derived_observers(derived, observers) -> dict:
+    """Min/max observers for the derived tensors, fed the two ends of their derived range
+    (the observed sources have warned about NaN/Inf already; one that saw no finite value
+    fails the calibration below, before a derived range is needed)."""
+    if any(obs.stats.count == 0 for obs in observers.values()):
+        return {}
+    raw = {name: (obs.stats.min, obs.stats.max) for name, obs in observers.items()}
+    return {name: make_observer("minmax").update(np.array(r, dtype=np.float64))
+            for name, r in derived_ranges(derived, raw).items()}
 
 
 def _full_range_tensors(ir, names) -> set:
