@@ -2,7 +2,8 @@
 
 For every Conv/Gemm kernel: b <- b - (W_q - W) E[x] (Nagel et al. 2019, section 4.2),
 with W_q the weights as place-qdq will quantize them (the calibrated weight QParams).
-E[x] is measured on the calibration batches (the float model's mean input map), or,
+E[x] is measured on the calibration batches (the float model's mean input map; when
+calibrate runs earlier in the pipeline it measures them in its own run), or,
 with the `data_free` option or without calibration data, taken from the BatchNorm
 statistics propagated to each layer's input (qcompiler.accuracy.moments).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 
-from qcompiler.accuracy.bias_correction import correct_biases, measure_input_means
+from qcompiler.accuracy.bias_correction import correct_biases, measure_input_means, weighted_inputs
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import Plan
 
@@ -27,20 +28,20 @@ class BiasCorrection(Pass):
     def run(self, ir, ctx) -> bool:
         opt = lambda k, d=None: self.options.get(k, ctx.option(k, d))  # noqa: E731
         plan = Plan.from_json(ir.ann.notes["quant_plan"])
-        inputs = []
-        nodes = {n.name: n for n in ir.graph.nodes}
-        for k in plan.kernels:
-            if k.weight is not None and k.nodes[0] in nodes and nodes[k.nodes[0]].inputs:
-                inputs.append(nodes[k.nodes[0]].inputs[0].name)
+        inputs = weighted_inputs(ir, plan)
         data_free = bool(opt("data_free", False)) or ctx.calib is None
+        limit = opt("bias_correction_batches")
+        measured = ir.ann.notes.pop("input_means", None)  # calibrate's by-product, same batches
         if data_free:
             from qcompiler.accuracy.moments import data_free_stats
 
             stats, _ = data_free_stats(ir, k=float(opt("bn_sigmas", 6.0)), input_stats=opt("input_stats"))
             expected = {n: stats[n].mean for n in inputs if n in stats}
             source = "bn-statistics"
+        elif measured is not None and not limit:
+            expected = measured
+            source = "calibration"
         else:
-            limit = opt("bias_correction_batches")
             batches = ctx.calib()
             if limit:
                 batches = itertools.islice(batches, int(limit))

@@ -13,10 +13,11 @@ import time
 import numpy as np
 
 
+from qcompiler.accuracy.bias_correction import InputMeans, weighted_inputs
 from qcompiler.build import require_calibration
 from qcompiler.errors import CalibrationError
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.derived import derivations, derived_ranges
+from qcompiler.quant.derived import affine_source, derivations, derived_ranges
 from qcompiler.quant.observers import make_observer
 from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
@@ -43,13 +44,21 @@ class Calibrate(Pass):
         if plan.tensors:
             full = _full_range_tensors(ir, plan.tensors) if method not in ("minmax", "moving_average") else set()
             derived = derivations(ir, plan.tensors) if method == "minmax" else {}
+            means, affine = _means_for_bias_correction(ir, ctx, plan, derived)
+            derived = {n: d for n, d in derived.items() if n not in means}
             observed = [name for name in plan.tensors if name not in derived]
             observers = {name: make_observer("minmax" if name in full else method, **({} if name in full else opts))
                          for name in observed}
             rep["full_range_tensors"] = len(full)
             source = require_calibration(ctx, self.name)
-            batches = observe_session(ir, observed, source(), observers,
-                                      progress=ctx.option("progress", False))
+            fetched = observed + [n for n in means if n not in observers]
+            feeds = {n: _Both(observers[n], means[n]) if n in observers and n in means else observers.get(n) or means[n]
+                     for n in fetched}
+            batches = observe_session(ir, fetched, source(), feeds, progress=ctx.option("progress", False))
+            if means:
+                measured = {n: m.result() for n, m in means.items() if m.result() is not None}
+                measured.update({n: a * measured[root] + b for n, (root, a, b) in affine.items() if root in measured})
+                ir.ann.notes["input_means"] = measured
             observers.update(_derived_observers(derived, observers))
             for name, obs in observers.items():
                 stats = obs.stats
@@ -72,6 +81,35 @@ class Calibrate(Pass):
         rep.update(method=method, tensors=len(ranges), weights=n_w, seconds=round(time.perf_counter() - t0, 4))
         ctx.report["calibration"] = {"method": method, "seconds": rep["seconds"], "batches": rep.get("batches", 0)}
         return bool(ranges) or n_w > 0
+
+
+def _means_for_bias_correction(ir, ctx, plan, derived):
+    """E[x] accumulators for the weighted kernels' inputs when bias-correction runs later in
+    this pipeline (the same batches through the same float model: this run measures them and
+    bias-correction needs no second pass over the data), and the inputs whose mean follows
+    from another tensor's, as (root, a, b) with E[x] = a E[root] + b."""
+    if "bias-correction" not in (ctx.report.get("pipeline") or ()):
+        return {}, {}
+    means, affine = {}, {}
+    for name in weighted_inputs(ir, plan):
+        chain = affine_source(derived, name)
+        if chain is not None:
+            affine[name] = chain
+            name = chain[0]
+        means.setdefault(name, InputMeans())
+    return means, affine
+
+
+class _Both:
+    """One fetched tensor feeding its range observer and its E[x] accumulator."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def update(self, value):
+        for p in self.parts:
+            p.update(value)
+        return self
 
 
 def _derived_observers(derived, observers) -> dict:

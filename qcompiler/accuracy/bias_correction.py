@@ -15,78 +15,188 @@ skipped.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
+
+import itertools
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.quant.plan import Plan
-from qcompiler.quant.qparams import fake_quant
+from qcompiler.quant.qparams import QParams, fake_quant
 
 from .common import Layer, bias_vector, node_map, set_bias
 
 
+class InputMeans:
+    """E[x] of one tensor over the batch axis, batch by batch: the mean map [C, ...], or,
+    once shapes vary from batch to batch, the per-channel mean [C]."""
+
+    def __init__(self) -> None:
+        self._sum = None  # the map summed over the batch axis, or (float64) the channel sums
+        self._count = 0  # maps summed, or values per channel summed
+        self._per_channel = False
+
+    def update(self, value) -> "InputMeans":
+        v = np.asarray(value)
+        if v.ndim < 2:
+            return self
+        if not self._per_channel and self._sum is not None and self._sum.shape != v.shape[1:]:
+            # from now on per channel: the maps so far collapse into channel sums
+            self._count *= int(np.prod(self._sum.shape[1:], dtype=np.int64))
+            self._sum = self._sum.reshape(self._sum.shape[0], -1).sum(axis=1, dtype=np.float64)
+            self._per_channel = True
+        if self._per_channel:
+            c = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+            self._sum = self._sum + c.sum(axis=1, dtype=np.float64)
+            self._count += c.shape[1]
+            return self
+        if self._sum is None:
+            self._sum = np.zeros(v.shape[1:], np.float32 if v.dtype == np.float32 else np.float64)
+        for sample in v:  # summed in the tensor's float32: calibration sets are small, and
+            np.add(self._sum, sample, out=self._sum)  # a float64 copy per batch doubled the cost
+        self._count += v.shape[0]
+        return self
+
+    def result(self) -> Optional[np.ndarray]:
+        return self._sum.astype(np.float64) / self._count if self._count else None
+
+
 def measure_input_means(ir, names, batches) -> Dict[str, np.ndarray]:
-    """E[x] over the batch axis for each tensor (the mean map [C, ...]); where shapes vary
-    from batch to batch, the per-channel mean [C] instead."""
+    """E[x] for each tensor (see InputMeans), from one run over the batches."""
     from qcompiler.ir.io import ir_to_model
     from qcompiler.quant.session import session_with_outputs
 
     names = list(dict.fromkeys(names))
     sess = session_with_outputs(ir_to_model(ir), names)
     inputs = {i.name for i in sess.get_inputs()}
-    sums: Dict[str, np.ndarray] = {}
-    counts: Dict[str, int] = {}
-    chan: Dict[str, list] = {n: [0.0, 0] for n in names}
-    varying = set()
+    means = {n: InputMeans() for n in names}
     for b in batches:
         outs = sess.run(names, {k: v for k, v in b.items() if k in inputs})
         for n, v in zip(names, outs):
-            v = np.asarray(v, np.float64)
-            if v.ndim < 2:
-                continue
-            c = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
-            chan[n][0] = chan[n][0] + c.sum(axis=1)
-            chan[n][1] += c.shape[1]
-            if n in varying:
-                continue
-            s = v.sum(axis=0)
-            if n in sums and sums[n].shape != s.shape:
-                varying.add(n)
-                continue
-            sums[n] = sums.get(n, 0) + s
-            counts[n] = counts.get(n, 0) + v.shape[0]
-    out = {}
-    for n in names:
-        if n in sums and n not in varying:
-            out[n] = sums[n] / counts[n]
-        elif chan[n][1]:
-            out[n] = chan[n][0] / chan[n][1]
-    return out
+            means[n].update(v)
+    return {n: m.result() for n, m in means.items() if m.result() is not None}
 
 
-def _conv_of_map(node, eps: np.ndarray, mean_map: np.ndarray) -> Optional[np.ndarray]:
-    """Mean over output positions of conv(mean_map, eps): the exact expected output shift."""
-    import onnxruntime as ort
+def weighted_inputs(ir, plan: Plan) -> List[str]:
+    """The data inputs of the weighted kernels: the tensors whose E[x] the correction needs."""
+    nodes = node_map(ir)
+    names = []
+    for k in plan.kernels:
+        node = nodes.get(k.nodes[0])
+        if k.weight is not None and node is not None and node.inputs and node.inputs[0].name not in names:
+            names.append(node.inputs[0].name)
+    return names
 
-    attrs = {k: v for k, v in node.attrs.items() if k in ("kernel_shape", "pads", "strides", "dilations", "group",
-                                                          "auto_pad")}
-    x = mean_map[None].astype(np.float32)
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], "bc",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(eps.astype(np.float32), "w")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    try:
-        y = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    except Exception:
+
+def conv_mean_shift(node, eps: np.ndarray, mean_map: np.ndarray, group: Optional[int] = None) -> Optional[np.ndarray]:
+    """Mean over output positions of conv(mean_map, eps): the exact expected output shift.
+
+    Each kernel tap reads a strided window of the input (zero padding outside it), so the
+    mean output is sum over taps and input channels of eps * (window sum / positions): a
+    few slices of the mean map instead of a convolution. None for a layout it cannot read."""
+    spatial = mean_map.shape[1:]
+    k = tuple(eps.shape[2:])
+    n = len(spatial)
+    if len(k) != n or n == 0:
         return None
-    return y[0].reshape(y.shape[1], -1).astype(np.float64).mean(axis=1)
+    strides = list(node.attrs.get("strides", [1] * n))
+    dil = list(node.attrs.get("dilations", [1] * n))
+    pads = _conv_pads(node, spatial, k, strides, dil)
+    group = int(node.attrs.get("group", 1)) if group is None else group
+    cout, cin_g = eps.shape[0], eps.shape[1]
+    if pads is None or mean_map.shape[0] != cin_g * group or cout % group:
+        return None
+    axes = []  # per spatial axis and tap: the slice of input positions it reads
+    positions = 1
+    for ax in range(n):
+        size, s, d, lo = spatial[ax], strides[ax], dil[ax], pads[ax]
+        out = (size + lo + pads[ax + n] - d * (k[ax] - 1) - 1) // s + 1
+        if out <= 0:
+            return None
+        positions *= out
+        taps = []
+        for t in range(k[ax]):
+            first = max(0, -(-(lo - t * d) // s))  # ceil: the first output reading a real row
+            last = min(out - 1, (size - 1 + lo - t * d) // s)
+            taps.append(slice(first * s + t * d - lo, last * s + t * d - lo + 1, s) if first <= last else None)
+        axes.append(taps)
+    window = np.zeros((mean_map.shape[0],) + k)
+    for tap in itertools.product(*[range(x) for x in k]):
+        sl = [axes[ax][t] for ax, t in enumerate(tap)]
+        if all(x is not None for x in sl):
+            window[(slice(None),) + tap] = mean_map[(slice(None),) + tuple(sl)].reshape(mean_map.shape[0], -1).sum(1)
+    window /= positions
+    w = window.reshape(group, cin_g, -1)
+    e = eps.reshape(group, cout // group, cin_g, -1).astype(np.float64)
+    return np.einsum("gock,gck->go", e, w).reshape(cout)
+
+
+def _conv_pads(node, spatial, k, strides, dil) -> Optional[List[int]]:
+    n = len(spatial)
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", "", None):
+        return list(node.attrs.get("pads", [0] * (2 * n)))
+    if auto == "VALID":
+        return [0] * (2 * n)
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    begin, end = [], []
+    for size, kk, s, d in zip(spatial, k, strides, dil):
+        total = max((-(-size // s) - 1) * s + (kk - 1) * d + 1 - size, 0)
+        small = total // 2
+        begin.append(small if auto == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return begin + end
+
+
+CHUNK_VALUES = 1 << 20  # weight values quantized at a time: a large layer is never copied whole
+
+
+def weight_error_shift(ir, node, qp, mu: np.ndarray, rounding: str = "half_to_even"):
+    """(W_q - W) E[x] per output channel of a Conv or Gemm, or a reason (str) it cannot be had.
+
+    The weight error is formed a block of output channels at a time (whole groups for a
+    grouped Conv), so a big layer costs a few MB here, not several float64 copies of it."""
+    w = np.asarray(ir.const_value(node.inputs[1]))
+    conv = node.op == "Conv"
+    out_axis = 0 if conv or int(node.attrs.get("transB", 0)) else 1
+    group = int(node.attrs.get("group", 1)) if conv else 1
+    cout = w.shape[out_axis]
+    cin_g = w.shape[1] if conv else w.shape[1 - out_axis]
+    per_group = cout // group
+    use_map = conv and mu.ndim == w.ndim - 1 and mu.shape[0] == cin_g * group
+    v = None
+    if not use_map:
+        v = mu if mu.ndim == 1 else mu.reshape(mu.shape[0], -1).mean(axis=1)
+        if v.size == 1:
+            v = np.full(cin_g * group, float(v[0]))
+        if v.size != cin_g * group:
+            return f"input has {v.size} channels, the layer reads {cin_g * group}"
+    row = max(1, w.size // cout)
+    align = per_group if group > 1 else 1  # a chunk of a grouped conv holds whole groups
+    step = max(align, (CHUNK_VALUES // row) // align * align)
+    shift = np.empty(cout)
+    for o0 in range(0, cout, step):
+        o1 = min(cout, o0 + step)
+        wc = np.take(w, np.arange(o0, o1), axis=out_axis)
+        qpc = qp
+        if qp.axis is not None and qp.axis % w.ndim == out_axis:
+            qpc = QParams(qp.scale[o0:o1], qp.zero_point[o0:o1], axis=qp.axis, dtype=qp.dtype)
+        eps = fake_quant(wc.astype(np.float32), qpc, rounding).astype(np.float64) - wc
+        if not conv:
+            shift[o0:o1] = np.moveaxis(eps, out_axis, 0) @ v
+            continue
+        g0, g1 = (o0 // per_group, o1 // per_group) if group > 1 else (0, 1)
+        part = None
+        if use_map:
+            part = conv_mean_shift(node, eps, mu[g0 * cin_g:g1 * cin_g], group=g1 - g0)
+        if part is None:
+            vv = v if v is not None else mu.reshape(mu.shape[0], -1).mean(axis=1)
+            ws = eps.reshape(g1 - g0, -1, cin_g, int(np.prod(eps.shape[2:], dtype=np.int64))).sum(axis=3)
+            part = np.einsum("goi,gi->go", ws, vv[g0 * cin_g:g1 * cin_g].reshape(g1 - g0, cin_g)).reshape(-1)
+        shift[o0:o1] = part
+    return shift
 
 
 def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to_even") -> Dict:
@@ -112,22 +222,12 @@ def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to
         if mu is None:
             skipped[k.name] = f"no expected value for its input {x_name}"
             continue
-        layer = Layer(ir, node)
-        w = layer.w
-        wq = fake_quant(w.astype(np.float32), ir.ann.qparams[k.weight], rounding).astype(np.float64)
-        eps = wq - w
-        shift = None
-        if node.op == "Conv" and mu.ndim == w.ndim - 1 and mu.shape[0] == layer.cin:
-            shift = _conv_of_map(node, eps, mu)
-        if shift is None:
-            v = mu if mu.ndim == 1 else mu.reshape(mu.shape[0], -1).mean(axis=1)
-            if v.size == 1:
-                v = np.full(layer.cin, float(v[0]))
-            if v.size != layer.cin:
-                skipped[k.name] = f"input has {v.size} channels, the layer reads {layer.cin}"
-                continue
-            shift = layer.apply_to_channel_vector(eps, v)
-        b = bias_vector(ir, node, layer.cout)
+        shift = weight_error_shift(ir, node, ir.ann.qparams[k.weight], mu, rounding)
+        if isinstance(shift, str):
+            skipped[k.name] = shift
+            continue
+        cout = shift.size
+        b = bias_vector(ir, node, cout)
         dtype = np.dtype(tensors[k.weight].dtype or np.float32)
         c = set_bias(ir, node, b - shift, dtype if dtype.kind == "f" else np.float32)
         plan_json["kernels"][ki]["bias"] = c.name

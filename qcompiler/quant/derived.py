@@ -35,12 +35,15 @@ ARITH_OPS = ("Mul", "Add", "Sub", "Div")
 
 
 class Derivation:
-    """`output`'s range from its `sources`' ranges."""
+    """`output`'s range from its `sources`' ranges; `affine` = (a, b) when output = a * x + b
+    elementwise (then its mean follows from the source's too)."""
 
-    def __init__(self, sources: Sequence[str], fn: Callable[[List[Range]], Range], kind: str):
+    def __init__(self, sources: Sequence[str], fn: Callable[[List[Range]], Range], kind: str,
+                 affine: Optional[Tuple[float, float]] = None):
         self.sources = list(sources)
         self.fn = fn
         self.kind = kind
+        self.affine = affine
 
 
 def derivations(ir, names: Sequence[str]) -> Dict[str, Derivation]:
@@ -57,6 +60,21 @@ def derivations(ir, names: Sequence[str]) -> Dict[str, Derivation]:
                 if d is not None:
                     out[t.name] = d
     return out
+
+
+def affine_source(derived: Dict[str, Derivation], name: str) -> Optional[Tuple[str, float, float]]:
+    """(root, a, b) with name = a * root + b elementwise, following affine derivations back
+    to a tensor that is not derived; None when `name` is not derived that way."""
+    a, b = 1.0, 0.0
+    if name not in derived:
+        return None
+    while name in derived:
+        d = derived[name]
+        if d.affine is None:
+            return None
+        a, b = a * d.affine[0], a * d.affine[1] + b
+        name = d.sources[0]
+    return name, a, b
 
 
 def derived_ranges(derived: Dict[str, Derivation], raw: Dict[str, Range]) -> Dict[str, Range]:
@@ -94,7 +112,17 @@ def _derive(ir, node, t, wanted) -> Optional[Derivation]:
         return None
     src = data[0].name
     fn = _monotonic(ir, node, data[0], dtype)
-    return Derivation([src], fn, "monotonic") if fn is not None else None
+    return Derivation([src], fn, "monotonic", _affine(ir, node, data[0])) if fn is not None else None
+
+
+def _affine(ir, node, x) -> Optional[Tuple[float, float]]:
+    """(a, b) for an arithmetic op with a one-element constant: output = a * x + b."""
+    if node.op not in ARITH_OPS:
+        return None
+    x_first = node.inputs[0] is x
+    k = float(ir.const_value(node.inputs[1] if x_first else node.inputs[0]).reshape(-1)[0])
+    return {"Add": (1.0, k), "Sub": (1.0, -k) if x_first else (-1.0, k), "Mul": (k, 0.0),
+            "Div": (1.0 / k, 0.0) if x_first and k else None}[node.op]
 
 
 def _monotonic(ir, node, x, dtype) -> Optional[Callable[[List[Range]], Range]]:
