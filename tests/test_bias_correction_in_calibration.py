@@ -1,4 +1,4 @@
-"""Bias correction in the default pipelines: calibrate measures E[x] in its own run, the
+"""Bias correction with calibration data: calibrate measures E[x] in its own run, the
 expected shift is computed without a float64 copy of a layer, and both agree with the
 direct computation (ONNX Runtime's convolution of the mean map)."""
 
@@ -107,6 +107,12 @@ def test_weight_error_shift_is_the_same_in_chunks(chunk, monkeypatch):
         np.testing.assert_allclose(got, _direct_shift(ir, node, qp, means[node.name]), rtol=1e-5, atol=1e-7)
 
 
+def _with_bc(target):
+    from qcompiler.accuracy.pipelines import adjust_pipeline
+
+    return adjust_pipeline(load_target(target).pipeline, {"bias_correction": True})
+
+
 def _calib(shape, n=12, seed=3):
     rng = np.random.default_rng(seed)
     xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
@@ -139,15 +145,15 @@ def test_calibrate_measures_the_means_bias_correction_uses(target, make_net, mon
     a derived input's mean from its source's) and corrects the biases as measuring on its
     own does."""
     net = make_net()
-    assert "bias-correction" in load_target(target).pipeline
+    pipe = _with_bc(target)
     opts = {"calib_method": "minmax", "evaluate": False}
     calls = []
     real_measure = bc_pass.measure_input_means
     monkeypatch.setattr(bc_pass, "measure_input_means", lambda *a: calls.append(1) or real_measure(*a))
-    fused = build(net, target=target, calib=_calib([1, 3, 32, 32]), options=opts)
+    fused = build(net, target=target, pipeline=pipe, calib=_calib([1, 3, 32, 32]), options=opts)
     assert calls == [] and fused.report["passes"]["bias-correction"]["corrected"] > 0
     monkeypatch.setattr(calibrate_pass, "_means_for_bias_correction", lambda *a: ({}, {}))
-    separate = build(net, target=target, calib=_calib([1, 3, 32, 32]), options=opts)
+    separate = build(net, target=target, pipeline=pipe, calib=_calib([1, 3, 32, 32]), options=opts)
     assert calls == [1]
     biases = lambda r: {i.name: numpy_helper.to_array(i).astype(np.float64) for i in r.model.graph.initializer  # noqa: E731
                         if "bias_acc" in i.name}
@@ -164,10 +170,8 @@ def test_bias_correction_raises_sqnr_on_a_residual_net():
     rng = np.random.default_rng(5)
     xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(16)]
     calib = lambda: ({name: x} for x in xs[:12])  # noqa: E731
-    tgt = load_target("x86")
-    without = [p for p in tgt.pipeline if p != "bias-correction"]
     outs = {}
-    for tag, pipe in (("with", list(tgt.pipeline)), ("without", without)):
+    for tag, pipe in (("with", _with_bc("x86")), ("without", list(load_target("x86").pipeline))):
         r = build(net, target="x86", pipeline=pipe, calib=calib, options={"evaluate": False})
         outs[tag] = ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = ort.InferenceSession(net.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -180,3 +184,14 @@ def test_bias_correction_raises_sqnr_on_a_residual_net():
         return 10 * np.log10(sig / err)
 
     assert sqnr(outs["with"]) >= sqnr(outs["without"]) - 0.05
+
+
+def test_bias_correction_option_adds_and_removes_the_pass():
+    from qcompiler.accuracy.pipelines import adjust_pipeline
+
+    pipe = list(load_target("arm64").pipeline)
+    assert adjust_pipeline(pipe, {}) == pipe
+    on = adjust_pipeline(pipe, {"bias_correction": True})
+    assert on.count("bias-correction") == 1 and on.index("bias-correction") == on.index("calibrate") + 1
+    assert adjust_pipeline(on, {"bias_correction": True}) == on
+    assert adjust_pipeline(on, {"bias_correction": False}) == pipe

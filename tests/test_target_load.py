@@ -150,7 +150,7 @@ def test_cuda_facts():
 
 def test_pipelines_are_the_standard_order():
     std = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate",
-           "unify-concat-scales", "bias-correction", "place-qdq", "fold-requant", "lower-layout"]
+           "unify-concat-scales", "place-qdq", "fold-requant", "lower-layout"]
     for name in SHIPPED:
         pipe = list(load_target(name).pipeline)
         assert pipe == std[: len(pipe)], name

@@ -80,7 +80,8 @@ BUILD_OPTIONS = [
     click.option("--equalize/--no-equalize", "equalize", default=None,
                  help="Cross-layer equalization of Conv->Relu->Conv pairs (default: on with --data-free)."),
     click.option("--bias-correction/--no-bias-correction", "bias_correction", default=None,
-                 help="Correct biases for the expected error of quantized weights (default: on with --data-free)."),
+                 help="Correct biases for the expected error of quantized weights, with means measured in "
+                      "the calibration run (default: on with --data-free)."),
     click.option("--input-range", metavar="LO,HI", help="Value range of the model inputs, for --data-free."),
     click.option("--input-stats", metavar="MEAN,STD", help="Mean and std of the model inputs, for --data-free."),
     click.option("--bn-sigmas", type=click.FloatRange(min=0.5), default=None,

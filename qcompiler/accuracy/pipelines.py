@@ -5,7 +5,9 @@
 
 - `equalize`: record-bn-stats before fold-bn, equalize after fuse-conv-bias-act (or
   after fold-bn when the pipeline has no fusion pass);
-- `bias_correction`: bias-correction after calibrate (or calibrate-data-free);
+- `bias_correction`: True adds bias-correction after calibrate (or calibrate-data-free;
+  calibrate then measures its E[x] in its own run), False takes it out of a pipeline
+  that has it;
 - `int16_layers` (from a per-layer override file): precision-overrides before place-qdq;
 - `data_free`: calibrate becomes calibrate-data-free, and equalization and bias
   correction are on unless the options turn them off (`equalize: False`...).
@@ -39,6 +41,8 @@ def adjust_pipeline(names: Sequence[str], options: Dict) -> List[str]:
         _insert_after(order, ("fuse-conv-bias-act", "fold-bn"), "equalize")
     if bc and "bias-correction" not in order:
         _insert_after(order, ("calibrate", "calibrate-data-free"), "bias-correction")
+    if options.get("bias_correction") is False and "bias-correction" in order:
+        order.remove("bias-correction")
     if options.get("int16_layers") and "precision-overrides" not in order and "place-qdq" in order:
         order.insert(order.index("place-qdq"), "precision-overrides")
     return order
@@ -51,7 +55,7 @@ def build_options_help() -> Dict[str, str]:
         "equalize": "cross-layer equalization (record-bn-stats + equalize)",
         "absorb_bias": "high-bias absorption in equalize (needs BN statistics)",
         "absorb_sigmas": "absorb max(0, beta - k gamma), k (default 3)",
-        "bias_correction": "bias-correction pass after calibration",
+        "bias_correction": "bias-correction pass after calibration (False: none)",
         "bn_sigmas": "data-free activation range beta +- k gamma, k (default 6)",
         "input_stats": '{"input" or "*": {"mean": m, "std": s, "range": [lo, hi]}} for data-free builds',
         "keep_float": "node-name patterns kept float (insert-observers)",
