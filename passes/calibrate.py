@@ -1,7 +1,9 @@
 """calibrate: stream calibration batches through one ONNX Runtime session and turn the
 observed ranges into quantization parameters.
 
-The session's outputs are exactly the observed tensors; each batch goes into the
+The session's outputs are the observed tensors (under min/max, only those whose range
+does not follow from another's: qcompiler.quant.derived) and, when bias-correction runs
+later, the weighted kernels' inputs, whose means it accumulates. Each batch goes into the
 observers and is dropped, so memory stays flat in the number of samples. Weights get
 per-channel (or per-tensor) parameters from their values, as the target says.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 
 from qcompiler.accuracy.bias_correction import InputMeans, weighted_inputs
 from qcompiler.build import require_calibration
@@ -52,8 +53,8 @@ class Calibrate(Pass):
             rep["full_range_tensors"] = len(full)
             source = require_calibration(ctx, self.name)
             fetched = observed + [n for n in means if n not in observers]
-            feeds = {n: _Both(observers[n], means[n]) if n in observers and n in means else observers.get(n) or means[n]
-                     for n in fetched}
+            feeds = {n: _Both(observers[n], means[n]) if n in observers and n in means
+                     else observers.get(n) or means[n] for n in fetched}
             batches = observe_session(ir, fetched, source(), feeds, progress=ctx.option("progress", False))
             if means:
                 measured = {n: m.result() for n, m in means.items() if m.result() is not None}

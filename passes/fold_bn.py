@@ -85,7 +85,10 @@ def _fold_into_producer(ir, bn, a, b, dead) -> bool:
             return False
         # in the weight's dtype, as ONNX Runtime folds: a float64 copy of every weight made
         # this pass a tenth of a ResNet-18 build
-        new_w = w * scale.astype(w.dtype) if w.dtype.kind == "f" else (w.astype(np.float64) * scale).astype(w.dtype)
+        if w.dtype.kind == "f":
+            new_w = w * scale.astype(w.dtype)
+        else:
+            new_w = (w.astype(np.float64) * scale).astype(w.dtype)
         old_b = _bias_of(ir, p, 2, cout, w.dtype)
         new_b = (old_b * a + b).astype(w.dtype)
         ir.set_input(p, 1, ir.constant(p.inputs[1].name + "_bnfold", new_w))

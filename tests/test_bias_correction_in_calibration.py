@@ -155,8 +155,10 @@ def test_calibrate_measures_the_means_bias_correction_uses(target, make_net, mon
     monkeypatch.setattr(calibrate_pass, "_means_for_bias_correction", lambda *a: ({}, {}))
     separate = build(net, target=target, pipeline=pipe, calib=_calib([1, 3, 32, 32]), options=opts)
     assert calls == [1]
-    biases = lambda r: {i.name: numpy_helper.to_array(i).astype(np.float64) for i in r.model.graph.initializer  # noqa: E731
-                        if "bias_acc" in i.name}
+    def biases(r):
+        return {i.name: numpy_helper.to_array(i).astype(np.float64) for i in r.model.graph.initializer
+                if "bias_acc" in i.name}
+
     a, b = biases(fused), biases(separate)
     assert a.keys() == b.keys() and a
     for name in a:  # int32 biases: equal, or one step apart where a float32 sum rounded differently

@@ -15,9 +15,8 @@ skipped.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
-
 import itertools
+from typing import Dict, List, Optional
 
 import numpy as np
 
