@@ -3,9 +3,11 @@ observed ranges into quantization parameters.
 
 The session's outputs are the observed tensors (under min/max, only those whose range
 does not follow from another's: qcompiler.quant.derived) and, when bias-correction runs
-later, the weighted kernels' inputs, whose means it accumulates. Each batch goes into the
-observers and is dropped, so memory stays flat in the number of samples. Weights get
-per-channel (or per-tensor) parameters from their values, as the target says.
+later, the weighted kernels' inputs, whose means it accumulates. A graph input's range is
+widened by a few steps where that takes its grid off the data's lattice (input_grid.py).
+Each batch goes into the observers and is dropped, so memory stays flat in the number of
+samples. Weights get per-channel (or per-tensor) parameters from their values, as the
+target says.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from qcompiler.build import require_calibration
 from qcompiler.errors import CalibrationError
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.derived import affine_source, derivations, derived_ranges
+from qcompiler.quant.input_grid import ValueSample, widened_range
 from qcompiler.quant.observers import make_observer
 from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
@@ -53,8 +56,8 @@ class Calibrate(Pass):
             rep["full_range_tensors"] = len(full)
             source = require_calibration(ctx, self.name)
             fetched = observed + [n for n in means if n not in observers]
-            feeds = {n: _Both(observers[n], means[n]) if n in observers and n in means
-                     else observers.get(n) or means[n] for n in fetched}
+            samples = {t.name: ValueSample() for t in ir.graph.inputs if t.name in observers}
+            feeds = {n: _Fanout(*[d[n] for d in (observers, means, samples) if n in d]) for n in fetched}
             batches = observe_session(ir, fetched, source(), feeds, progress=ctx.option("progress", False))
             if means:
                 measured = {n: m.result() for n, m in means.items() if m.result() is not None}
@@ -74,6 +77,10 @@ class Calibrate(Pass):
                     ctx.log.warning("tensor '%s' is constant (%g) on the calibration data; a minimal safe scale is used",
                                     name, lo)
                 ranges[name] = (float(lo), float(hi))
+            for name, sample in samples.items():  # graph inputs: the grid off the data's lattice
+                ranges[name], steps = widened_range(sample.values(), *ranges[name], act)
+                if steps:
+                    rep.setdefault("inputs_widened", {})[name] = steps
             rep["batches"] = batches
             rep["derived_tensors"] = len(derived)
         ir.ann.notes["ranges"] = ranges
@@ -101,8 +108,8 @@ def _means_for_bias_correction(ir, ctx, plan, derived):
     return means, affine
 
 
-class _Both:
-    """One fetched tensor feeding its range observer and its E[x] accumulator."""
+class _Fanout:
+    """One fetched tensor feeding its range observer, E[x] accumulator and value sample."""
 
     def __init__(self, *parts):
         self.parts = parts
