@@ -93,12 +93,18 @@ def derived_ranges(derived: Dict[str, Derivation], raw: Dict[str, Range]) -> Dic
 # ------------------------------------------------------------------------------------------
 
 
+MONOTONIC_OPS = ("Relu", "LeakyRelu", "Clip") + ARITH_OPS
+
+
 def _derive(ir, node, t, wanted) -> Optional[Derivation]:
     op = node.op
+    if op not in SUBSET_OPS + NEAREST_OPS + MONOTONIC_OPS:
+        return None
     dtype = _np_float(t.dtype)
     if dtype is None:
         return None
-    data = [i for i in node.inputs if i.name and ir.const_value(i) is None]
+    # constness without reading values: a Gather's table or a Tile's data may be large
+    data = [i for i in node.inputs if i.name and not _is_const(ir, i)]
     if op in SUBSET_OPS or (op in NEAREST_OPS and _attr(node, "mode", "nearest") == "nearest"):
         srcs = data if op == "Concat" else data[:1]
         if op != "Concat" and (not node.inputs or node.inputs[0] is not (data[0] if data else None)):
@@ -184,6 +190,11 @@ def _clip_bounds(ir, node, dtype):
             return None, None
         bounds.append(dtype(v.reshape(-1)[0]))
     return bounds[0], bounds[1]
+
+
+def _is_const(ir, t) -> bool:
+    p = ir.producer(t)
+    return ir.is_const(t) or (p is not None and p.op == "Constant")
 
 
 def _attr(node, name, default):
