@@ -112,6 +112,24 @@ def test_subset_op_outside_its_inputs_group_is_observed():
     assert "hs_scaled" in d and d["hs_scaled"].sources == ["hs_clip"]
 
 
+def test_chain_through_an_unobserved_tensor_is_composed():
+    """x + 3 inside a fused Add+Clip is not observed: clip(x + 3) follows from x all the same,
+    equal to ONNX Runtime's values, and so does (clip(x + 3) * 1/6)'s."""
+    model, outs = _op_zoo()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(7).standard_normal(SHAPE).astype(np.float32) * 4
+    vals = dict(zip(outs, sess.run(outs, {"x": x})))
+    ir = load_ir(_internal(model, outs))
+    d = derivations(ir, ["x", "hs_clip", "hs_scaled"])
+    assert set(d) == {"hs_clip", "hs_scaled"} and d["hs_clip"].sources == ["x"]
+    got = derived_ranges(d, {"x": (float(x.min()), float(x.max()))})
+    for name in ("hs_clip", "hs_scaled"):
+        assert got[name] == (float(vals[name].min()), float(vals[name].max())), name
+    assert d["hs_clip"].affine is None  # clip is not affine: no mean follows through it
+
+
 def test_derivation_needs_an_observed_source():
     model, outs = _op_zoo()
     ir = load_ir(_internal(model, outs))

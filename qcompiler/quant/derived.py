@@ -48,17 +48,20 @@ class Derivation:
 
 def derivations(ir, names: Sequence[str]) -> Dict[str, Derivation]:
     """The tensors of `names` whose min/max range follows from other tensors of `names`
-    (each chain ends at a tensor that is not derived)."""
+    (each chain ends at a tensor that is not derived). A monotonic chain may pass through
+    tensors outside `names` (the x + 3 inside a fused Add+Clip): its maps are composed."""
     wanted = set(names)
     out: Dict[str, Derivation] = {}
+    hidden: Dict[str, Derivation] = {}  # derivable tensors that are not in `names`
     for node in ir.graph.nodes:  # graph order: a source is decided before its readers
         if node.domain not in ("", None, "ai.onnx"):
             continue
         for t in node.outputs:
-            if t.name in wanted and not ir.is_graph_output(t):
-                d = _derive(ir, node, t, wanted)
-                if d is not None:
-                    out[t.name] = d
+            if not t.name or ir.is_graph_output(t):
+                continue
+            d = _derive(ir, node, t, wanted, hidden, in_plan=t.name in wanted)
+            if d is not None:
+                (out if t.name in wanted else hidden)[t.name] = d
     return out
 
 
@@ -96,9 +99,9 @@ def derived_ranges(derived: Dict[str, Derivation], raw: Dict[str, Range]) -> Dic
 MONOTONIC_OPS = ("Relu", "LeakyRelu", "Clip") + ARITH_OPS
 
 
-def _derive(ir, node, t, wanted) -> Optional[Derivation]:
+def _derive(ir, node, t, wanted, hidden, in_plan: bool) -> Optional[Derivation]:
     op = node.op
-    if op not in SUBSET_OPS + NEAREST_OPS + MONOTONIC_OPS:
+    if op not in SUBSET_OPS + NEAREST_OPS + MONOTONIC_OPS or (not in_plan and op not in MONOTONIC_OPS):
         return None
     dtype = _np_float(t.dtype)
     if dtype is None:
@@ -114,11 +117,21 @@ def _derive(ir, node, t, wanted) -> Optional[Derivation]:
         if op == "Concat" and len(data) != len(node.inputs):
             return None
         return Derivation([s.name for s in srcs], _union, "subset")
-    if len(data) != 1 or data[0].name not in wanted:
+    if len(data) != 1 or (data[0].name not in wanted and data[0].name not in hidden):
         return None
-    src = data[0].name
     fn = _monotonic(ir, node, data[0], dtype)
-    return Derivation([src], fn, "monotonic", _affine(ir, node, data[0])) if fn is not None else None
+    if fn is None:
+        return None
+    affine = _affine(ir, node, data[0])
+    inner = hidden.get(data[0].name)
+    if inner is None:
+        return Derivation([data[0].name], fn, "monotonic", affine)
+    # through an unobserved tensor: compose with the map that gives its range
+    if affine is not None and inner.affine is not None:
+        affine = (affine[0] * inner.affine[0], affine[0] * inner.affine[1] + affine[1])
+    else:
+        affine = None
+    return Derivation(inner.sources, lambda ranges: fn([inner.fn(ranges)]), "monotonic", affine)
 
 
 def _affine(ir, node, x) -> Optional[Tuple[float, float]]:
