@@ -23,7 +23,7 @@ import numpy as np
 from qcompiler.quant.plan import Plan
 from qcompiler.quant.qparams import QParams, fake_quant
 
-from .common import Layer, bias_vector, node_map, set_bias
+from .common import Layer, bias_vector, channel_vector_shift, node_map, set_bias
 
 
 class InputMeans:
@@ -140,13 +140,9 @@ def _conv_pads(node, spatial, k, strides, dil) -> Optional[List[int]]:
         return [0] * (2 * n)
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         return None
-    begin, end = [], []
-    for size, kk, s, d in zip(spatial, k, strides, dil):
-        total = max((-(-size // s) - 1) * s + (kk - 1) * d + 1 - size, 0)
-        small = total // 2
-        begin.append(small if auto == "SAME_UPPER" else total - small)
-        end.append(total - begin[-1])
-    return begin + end
+    from qcompiler.lowering.interpreter import same_pads
+
+    return same_pads(spatial, k, strides, dil, auto)
 
 
 CHUNK_VALUES = 1 << 20  # weight values quantized at a time: a large layer is never copied whole
@@ -183,17 +179,11 @@ def weight_error_shift(ir, node, qp, mu: np.ndarray, rounding: str = "half_to_ev
         if qp.axis is not None and qp.axis % w.ndim == out_axis:
             qpc = QParams(qp.scale[o0:o1], qp.zero_point[o0:o1], axis=qp.axis, dtype=qp.dtype)
         eps = fake_quant(wc.astype(np.float32), qpc, rounding).astype(np.float64) - wc
-        if not conv:
-            shift[o0:o1] = np.moveaxis(eps, out_axis, 0) @ v
-            continue
         g0, g1 = (o0 // per_group, o1 // per_group) if group > 1 else (0, 1)
-        part = None
-        if use_map:
-            part = conv_mean_shift(node, eps, mu[g0 * cin_g:g1 * cin_g], group=g1 - g0)
+        part = conv_mean_shift(node, eps, mu[g0 * cin_g:g1 * cin_g], group=g1 - g0) if use_map else None
         if part is None:
             vv = v if v is not None else mu.reshape(mu.shape[0], -1).mean(axis=1)
-            ws = eps.reshape(g1 - g0, -1, cin_g, int(np.prod(eps.shape[2:], dtype=np.int64))).sum(axis=3)
-            part = np.einsum("goi,gi->go", ws, vv[g0 * cin_g:g1 * cin_g].reshape(g1 - g0, cin_g)).reshape(-1)
+            part = channel_vector_shift(node.op, eps, vv[g0 * cin_g:g1 * cin_g], group=g1 - g0, in_axis=1 - out_axis)
         shift[o0:o1] = part
     return shift
 

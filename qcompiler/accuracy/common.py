@@ -61,6 +61,18 @@ def store_bn_stats(ir, name: str, mean: np.ndarray, std: np.ndarray) -> None:
 # weighted-layer geometry
 
 
+def channel_vector_shift(op: str, w: np.ndarray, v: np.ndarray, group: int = 1, in_axis: int = 1) -> np.ndarray:
+    """Per output channel of a Conv (weight [out, in/group, k...]) or Gemm/MatMul weight `w`:
+    sum over the weights reading input channel i, times v[i] (what the layer adds to its
+    outputs when every input channel i is the constant v[i] everywhere; exact away from zero
+    padding). `in_axis`: the input axis of a 2-D weight."""
+    if op == "Conv":
+        cin_g = w.shape[1]
+        ws = w.reshape(group, w.shape[0] // group, cin_g, -1).sum(axis=3)  # [g, cout_g, cin_g]
+        return np.einsum("goi,gi->go", ws, v.reshape(group, cin_g)).reshape(-1)
+    return v @ (w if in_axis == 0 else w.T)
+
+
 class Layer:
     """A Conv / Gemm / MatMul with a constant weight, seen as a map from input channels to
     output channels. `out_axis` is the weight axis of output channels; `in_slices(i)`
@@ -149,16 +161,8 @@ class Layer:
         return w * s.reshape(shape)
 
     def apply_to_channel_vector(self, w: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Per output channel: sum over the weights reading input channel i, times v[i]
-        (what the layer adds to its outputs when every input channel i is the constant
-        v[i] everywhere; exact away from zero padding)."""
-        if self.op == "Conv":
-            g, cin_g = self.group, w.shape[1]
-            cout_g = w.shape[0] // g
-            ws = w.reshape(g, cout_g, cin_g, -1).sum(axis=3)  # [g, cout_g, cin_g]
-            return np.einsum("goi,gi->go", ws, v.reshape(g, cin_g)).reshape(-1)
-        wm = w if self.in_axis == 0 else w.T  # [in, out]
-        return v @ wm
+        """channel_vector_shift for this layer's op, groups and weight layout."""
+        return channel_vector_shift(self.op, w, v, self.group, self.in_axis)
 
     def has_padding(self) -> bool:
         if self.op != "Conv":

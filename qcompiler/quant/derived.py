@@ -38,11 +38,10 @@ class Derivation:
     """`output`'s range from its `sources`' ranges; `affine` = (a, b) when output = a * x + b
     elementwise (then its mean follows from the source's too)."""
 
-    def __init__(self, sources: Sequence[str], fn: Callable[[List[Range]], Range], kind: str,
+    def __init__(self, sources: Sequence[str], fn: Callable[[List[Range]], Range],
                  affine: Optional[Tuple[float, float]] = None):
         self.sources = list(sources)
         self.fn = fn
-        self.kind = kind
         self.affine = affine
 
 
@@ -116,7 +115,7 @@ def _derive(ir, node, t, wanted, hidden, in_plan: bool) -> Optional[Derivation]:
             return None
         if op == "Concat" and len(data) != len(node.inputs):
             return None
-        return Derivation([s.name for s in srcs], _union, "subset")
+        return Derivation([s.name for s in srcs], _union)
     if len(data) != 1 or (data[0].name not in wanted and data[0].name not in hidden):
         return None
     fn = _monotonic(ir, node, data[0], dtype)
@@ -125,13 +124,13 @@ def _derive(ir, node, t, wanted, hidden, in_plan: bool) -> Optional[Derivation]:
     affine = _affine(ir, node, data[0])
     inner = hidden.get(data[0].name)
     if inner is None:
-        return Derivation([data[0].name], fn, "monotonic", affine)
+        return Derivation([data[0].name], fn, affine)
     # through an unobserved tensor: compose with the map that gives its range
     if affine is not None and inner.affine is not None:
         affine = (affine[0] * inner.affine[0], affine[0] * inner.affine[1] + affine[1])
     else:
         affine = None
-    return Derivation(inner.sources, lambda ranges: fn([inner.fn(ranges)]), "monotonic", affine)
+    return Derivation(inner.sources, lambda ranges: fn([inner.fn(ranges)]), affine)
 
 
 def _affine(ir, node, x) -> Optional[Tuple[float, float]]:
