@@ -278,16 +278,18 @@ def exact_comparison(prog, qdq, target: str, xs: np.ndarray, iname: str) -> Dict
     same QDQ model lowered with Q31 requantization rounded once, half to even; a
     float-scale target's QDQ model keeps float biases, which a fixed-point lowering rounds."""
     from qcompiler.lowering.layouts import from_layout
-    from qcompiler.lowering.lower import lower_to_program, target_profile
+    from qcompiler.lowering.conv_layout import resolve_target
+    from qcompiler.lowering.lower import lower_to_program
+    from qcompiler.target import Requant
     from qcompiler.lowering.interpreter import run_program
     from qcompiler.lowering.verify import _probe, _quantized_tensors, integer_outputs, ort_session
 
-    prof = target_profile(target)
-    if prof.requant != "fixed_point":
+    prof = resolve_target(target)
+    if prof.requant.style != "fixed_point":
         return {"skipped": f"{target} requantizes in a float32 epilogue and its QDQ model keeps biases in "
                            "float: there is no integer-exact evaluation to compare with"}
     exact = lower_to_program(qdq, dataclasses.replace(prof, name=f"{prof.name}-exact", rounding="half_to_even",
-                                                      requant="fixed_point"))
+                                                      requant=Requant("fixed_point", "q31")))
     onnx_names = {o for n in qdq.graph.node for o in n.output}
     outs = integer_outputs(prog, {n.output[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"})
     names = [t for t in _quantized_tensors(prog, qdq) if t in exact.tensors]

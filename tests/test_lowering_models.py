@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.lowering.interpreter import run_program
-from qcompiler.lowering.lower import TargetProfile, layout_rule, lower_to_program
+from qcompiler.lowering.lower import lower_to_program
+from qcompiler.target import load_target, parse_target
 from qcompiler.lowering.verify import verify_program
 
 HW = 16
@@ -152,16 +153,19 @@ def single_rounding(name):
     gemmlowp's double rounding: same layouts and Q31 multipliers."""
     import dataclasses
 
-    from qcompiler.lowering.lower import target_profile
-
-    prof = target_profile(name)
-    if prof.requant == "fixed_point":
-        prof = dataclasses.replace(prof, name=f"{name}-single", rounding="single_rounding")
-    return prof
+    t = load_target(name)
+    if t.requant.style == "fixed_point":
+        t = dataclasses.replace(t, name=f"{name}-single", rounding="single_rounding")
+    return t
 
 
-NHWC = TargetProfile("nhwc-test", "half_to_even", "float_scale", (layout_rule("NHWC"),), None)
-NCHW_FIXED = TargetProfile("nchw-test", "single_rounding", "fixed_point", (), None)
+def variant(name, parent, body):
+    """A test target: a shipped one with a few statements changed, in the target language."""
+    return parse_target(f'target {name} extends {parent} "test variant" {{\n{body}\n}}')
+
+
+NHWC = variant("nhwc-test", "x86", "layout Conv NHWC")
+NCHW_FIXED = variant("nchw-test", "arm64", "rounding single_rounding\ndrop layout Conv")
 LAYOUT_TARGETS = [single_rounding("arm64"), single_rounding("arm64-dot"), "cuda", "x86", NHWC, NCHW_FIXED]
 LAYOUT_IDS = ["NCHW44", "NCHW44_DOT", "NC4HW4+NC32HW32", "NCHW-float-scale", "NHWC", "NCHW-fixed"]
 
@@ -196,7 +200,7 @@ def test_double_rounding_stays_within_one_step_per_layer():
     divide by a power of two) differs from ONNX Runtime's single rounding on a small share
     of each layer's elements, never by more than one step given the same inputs."""
     q = qdq("mixed")
-    profile = TargetProfile("double", "half_away_from_zero", "fixed_point", (), None)
+    profile = variant("double", "arm64", "rounding half_away_from_zero\ndrop layout Conv")
     prog = lower_to_program(q, profile)
     rep = verify_program(prog, q, inputs(6), layerwise=True)
     assert all(t.max_steps <= 1 for t in rep.layers), rep.format()
@@ -210,10 +214,10 @@ def test_layouts_agree_bit_for_bit():
     padding change nothing."""
     q = qdq("mixed")
     xs = inputs(2)
-    base = TargetProfile("plain", "single_rounding", "fixed_point", (), None)
+    base = variant("plain", "arm64", "rounding single_rounding\ndrop layout Conv")
     ref = [run_program(lower_to_program(q, base), {"input": x}) for x in xs]
-    for layout_target in ["arm64", "arm64-dot", TargetProfile("nhwc-fixed", "single_rounding", "fixed_point",
-                                                              (layout_rule("NHWC"),), None)]:
+    nhwc_fixed = variant("nhwc-fixed", "arm64", "rounding single_rounding\nlayout Conv NHWC")
+    for layout_target in ["arm64", "arm64-dot", nhwc_fixed]:
         prog = lower_to_program(q, layout_target)
         assert any(n.attrs.get("layout") not in (None, "NCHW") for n in prog.nodes)
         for x, r in zip(xs, ref):

@@ -3,11 +3,14 @@ the lower-layout pass on the IR."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
 
 from qcompiler.ir import ir_to_model, load_ir
-from qcompiler.lowering.lower import (TargetProfile, decide_conv, layout_rule, lower_to_program, plan_layouts,
-                                      target_profile)
+from qcompiler.lowering.conv_layout import decide_conv
+from qcompiler.lowering.lower import lower_to_program, plan_layouts
+from qcompiler.target import load_target, parse_target
 from qcompiler.pipeline import Context
 from qcompiler.pipeline.registry import get_pass
 
@@ -15,7 +18,7 @@ from test_lowering_models import inputs, qdq
 
 
 def _decide(target, ic, oc, group, k=3):
-    return decide_conv("c", ic, oc, group, (k, k), (1, 1), (1, 1), target_profile(target))
+    return decide_conv("c", ic, oc, group, (k, k), (1, 1), (1, 1), load_target(target))
 
 
 def test_first_layer_ic3():
@@ -51,8 +54,9 @@ def test_grouped_conv_without_a_rule_keeps_nchw():
 
 
 def test_no_padding_target_falls_back():
-    prof = TargetProfile("strict", layout_rules=(layout_rule("NCHW44", "group == 1 and ic % 4 == 0 and oc % 4 == 0"),),
-                         pad_channels=None)
+    prof = dataclasses.replace(parse_target(
+        'target strict extends arm64 "no padding" {\n layout Conv NCHW44 when group == 1 and ic % 4 == 0 and oc % 4 == 0\n}'),
+        pad_channels=None)
     d = decide_conv("c", 16, 6, 1, (3, 3), (1, 1), (1, 1), prof)
     assert d.layout == "NCHW" and "oc=6" not in d.reason and "keeps NCHW" in d.reason
 
@@ -122,7 +126,7 @@ def test_lower_layout_pass_annotates_the_ir():
 
 def test_program_follows_the_stored_plan():
     ir = load_ir(qdq("small"))
-    _run_pass(ir, target_profile("arm64"))
+    _run_pass(ir, load_target("arm64"))
     conv = next(d for d in ir.ann.notes["layout_plan"]["convs"] if d["kind"] == "dense")
     conv.update(layout="NCHW", input_layout="NCHW", ic_padded=conv["ic"], oc_padded=conv["oc"],
                 reason="edited by hand")

@@ -11,7 +11,6 @@ from qcompiler.target import load_target, parse_target
 from qcompiler.target.patterns import (
     Failure,
     Match,
-    choose_layout,
     compile_pattern,
     match_all,
     node_variables,
@@ -321,37 +320,33 @@ def test_cuda_residual_conv_add():
 # ------------------------------------------------------------------ layouts
 
 
+def _layout(target, ic=8, oc=16, group=1):
+    from qcompiler.lowering.conv_layout import decide_conv
+
+    d = decide_conv("conv0", ic, oc, group, (3, 3), (1, 1), (1, 1), load_target(target))
+    return d.layout, d.input_layout, d.ic_padded, d.oc_padded
+
+
 def test_arm64_layouts():
-    arm = load_target("arm64")
-    c = choose_layout(arm, node(conv_graph(ic=8, oc=16), "conv0"))
-    assert (c.layout, c.input_layout, c.padded) == ("NCHW44", None, False)
-    c = choose_layout(arm, node(conv_graph(ic=3, oc=16), "conv0"))
-    assert (c.layout, c.input_layout, c.padded) == ("NCHW44", "NCHW", False)
-    c = choose_layout(arm, node(conv_graph(ic=6, oc=10), "conv0"))
-    assert (c.layout, c.ic, c.oc, c.padded) == ("NCHW44", 8, 12, True)
-    g = conv_graph(ic=6, oc=6, group=6)
-    c = choose_layout(arm, node(g, "conv0"))
-    assert (c.layout, c.ic, c.padded) == ("NCHW44", 8, True)
-    assert choose_layout(arm, node(conv_graph(), "act0")).layout == "NCHW"  # no rule: fallback
+    assert _layout("arm64", 8, 16) == ("NCHW44", "NCHW44", 8, 16)
+    assert _layout("arm64", 3, 16) == ("NCHW44", "NCHW", 3, 16)  # first layer reads NCHW
+    assert _layout("arm64", 6, 10) == ("NCHW44", "NCHW44", 8, 12)  # padded
+    assert _layout("arm64", 6, 6, 6) == ("NCHW44", "NCHW44", 8, 8)  # depthwise, group padded too
 
 
 def test_arm64_dot_layouts():
-    dot = load_target("arm64-dot")
-    assert choose_layout(dot, node(conv_graph(ic=8, oc=8), "conv0")).layout == "NCHW44_DOT"
-    assert choose_layout(dot, node(conv_graph(ic=8, oc=8, group=8), "conv0")).layout == "NCHW44"
+    assert _layout("arm64-dot", 8, 8)[0] == "NCHW44_DOT"
+    assert _layout("arm64-dot", 8, 8, 8)[0] == "NCHW44"  # depthwise has no dot kernel
 
 
 def test_cuda_layouts():
-    cuda = load_target("cuda")
-    assert choose_layout(cuda, node(conv_graph(ic=32, oc=64), "conv0")).layout == "NC32HW32"
-    assert choose_layout(cuda, node(conv_graph(ic=8, oc=12), "conv0")).layout == "NC4HW4"
-    c = choose_layout(cuda, node(conv_graph(ic=3, oc=12), "conv0"))
-    assert (c.layout, c.ic, c.padded) == ("NC4HW4", 4, True)
+    assert _layout("cuda", 32, 64)[0] == "NC32HW32"
+    assert _layout("cuda", 8, 12)[0] == "NC4HW4"
+    assert _layout("cuda", 3, 12)[:3] == ("NC4HW4", "NC4HW4", 4)
 
 
 def test_x86_layout_is_nchw():
-    x86 = load_target("x86")
-    assert choose_layout(x86, node(conv_graph(ic=32, oc=64), "conv0")).layout == "NCHW"
+    assert _layout("x86", 32, 64)[0] == "NCHW"
 
 
 def test_dequantized_constant_weight_counts_as_constant(simple):

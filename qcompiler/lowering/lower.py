@@ -20,24 +20,23 @@ Three steps, each usable alone:
 from __future__ import annotations
 
 import os
-import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ModelError, TargetError
+from ..errors import ModelError
+from ..target import Target
 from .fixed_point import quantize_multiplier
 from .interpreter import FLOAT_OPS, dtype_range, run_float_op
-from .layouts import (LAYOUTS, PLAIN, block_of, check_layout, is_blocked, pack_weight,
-                      round_up, same_activation_form, to_layout)
+from .conv_layout import ConvDecision, decide_conv, resolve_target
+from .layouts import PLAIN, block_of, is_blocked, pack_weight, same_activation_form, to_layout
 from .program import DOMAIN, Kernel, Program, TensorInfo
 
-__all__ = ["TargetProfile", "target_profile", "layout_rule", "lower_to_program", "plan_layouts", "LayoutPlan",
-           "ConvDecision", "decide_conv", "program_exporter"]
+__all__ = ["lower_to_program", "plan_layouts", "LayoutPlan", "program_exporter"]
 
 INT_DTYPES = ("int8", "uint8")
 ADD_LEFT_SHIFT = 20
@@ -56,264 +55,6 @@ AGNOSTIC = frozenset({"Add", "Mul", "Requant", "Lut", "MaxPool", "AveragePool", 
 FLOAT_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Relu", "Clip", "Sigmoid",
                                "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Tanh", "Exp", "Log", "Sqrt",
                                "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Erf", "Softplus"})
-
-
-# ============================================================================= target profile
-
-@dataclass(frozen=True)
-class _Term:
-    var: Optional[str] = None
-    modulo: Optional[int] = None
-    value: Optional[int] = None
-
-    def __str__(self):
-        if self.var is None:
-            return str(self.value)
-        return f"{self.var} % {self.modulo}" if self.modulo is not None else self.var
-
-
-@dataclass(frozen=True)
-class _Constraint:
-    lhs: _Term
-    op: str
-    rhs: Optional[_Term] = None
-    values: Optional[Tuple[int, ...]] = None
-
-
-@dataclass(frozen=True)
-class _Rule:
-    ops: Tuple[str, ...]
-    layout: str
-    input_layout: Optional[str] = None
-    constraints: Tuple[_Constraint, ...] = ()
-
-
-def _parse_term(text: str) -> _Term:
-    text = text.strip()
-    m = re.fullmatch(r"([a-z_]+)\s*%\s*(\d+)", text)
-    if m:
-        return _Term(var=m.group(1), modulo=int(m.group(2)))
-    if re.fullmatch(r"-?\d+", text):
-        return _Term(value=int(text))
-    return _Term(var=text)
-
-
-def layout_rule(layout: str, when: str = "", input_layout: Optional[str] = None, ops=("Conv",)) -> _Rule:
-    """A conv layout rule written like the target language ('group == 1 and ic % 4 == 0'),
-    for TargetProfiles built in code (tests, experiments)."""
-    check_layout(layout)
-    cons = []
-    for part in [p for p in when.split(" and ") if p.strip()]:
-        m = re.fullmatch(r"\s*(.+?)\s+(not in|in)\s+\[([\d,\s]+)\]\s*", part)
-        if m:
-            cons.append(_Constraint(_parse_term(m.group(1)), m.group(2),
-                                    values=tuple(int(v) for v in m.group(3).split(","))))
-            continue
-        m = re.fullmatch(r"\s*(.+?)\s*(==|!=|<=|>=|<|>)\s*(.+?)\s*", part)
-        cons.append(_Constraint(_parse_term(m.group(1)), m.group(2), _parse_term(m.group(3))))
-    return _Rule(tuple(ops), layout, input_layout, tuple(cons))
-
-
-_rule = layout_rule
-
-
-@dataclass
-class TargetProfile:
-    """What lowering reads from a target: requantization and layout rules."""
-
-    name: str
-    rounding: str = "half_away_from_zero"
-    requant: str = "fixed_point"  # "fixed_point" (Q31 multiplier + shift) | "float_scale"
-    layout_rules: Tuple[Any, ...] = ()
-    pad_channels: Optional[int] = None
-    fallback_layout: str = PLAIN
-
-    def rules_for(self, op: str):
-        return [r for r in self.layout_rules if op in r.ops]
-
-
-def _arm_rules(layout):
-    return (_rule(layout, "group == 1 and ic % 4 == 0 and oc % 4 == 0"),
-            _rule(layout, "group == 1 and ic in [1, 2, 3] and oc % 4 == 0", input_layout="NCHW"),
-            _rule(layout, "group == ic and group == oc and ic % 4 == 0"))
-
-
-# Used only when a target of these names has no shipped target file (yet).
-BUILTIN_PROFILES = {
-    "arm64": TargetProfile("arm64", "half_away_from_zero", "fixed_point", _arm_rules("NCHW44"), 4),
-    "arm64-dot": TargetProfile("arm64-dot", "half_away_from_zero", "fixed_point", _arm_rules("NCHW44_DOT"), 4),
-    "cuda": TargetProfile("cuda", "half_to_even", "float_scale", (
-        _rule("NC32HW32", "group == 1 and ic % 32 == 0 and oc % 32 == 0"),
-        _rule("NC4HW4", "group == 1 and ic % 4 == 0 and oc % 4 == 0"),
-        _rule("NC4HW4", "group == ic and group == oc and ic % 4 == 0")), 4),
-    "x86": TargetProfile("x86", "half_to_even", "float_scale", (_rule("NHWC"),), None),
-    "reference": TargetProfile("reference", "half_away_from_zero", "fixed_point", (), None),
-}
-
-
-def target_profile(target=None) -> TargetProfile:
-    """A TargetProfile from a name, a .qtarget path, a resolved Target, or a profile."""
-    if isinstance(target, TargetProfile):
-        return target
-    if target is None:
-        return BUILTIN_PROFILES["reference"]
-    if isinstance(target, (str, os.PathLike)):
-        name = str(target)
-        try:
-            from ..target import load_target
-
-            target = load_target(name)
-        except (ImportError, TargetError):
-            if name in BUILTIN_PROFILES:
-                return BUILTIN_PROFILES[name]
-            raise
-    req = getattr(target, "requant", None)
-    style = getattr(req, "style", None) or "fixed_point"
-    rules = tuple(getattr(target, "layout_rules", ()) or ())
-    for r in rules:
-        if r.layout not in LAYOUTS:
-            raise TargetError(f"target '{target.name}' names layout '{r.layout}', which lowering does not know",
-                              f"use one of {', '.join(LAYOUTS)}")
-    return TargetProfile(name=target.name, rounding=getattr(target, "rounding", "half_away_from_zero"),
-                         requant=style, layout_rules=rules, pad_channels=getattr(target, "pad_channels", None),
-                         fallback_layout=getattr(target, "fallback_layout", PLAIN) or PLAIN)
-
-
-# ============================================================================= conv decisions
-
-@dataclass
-class ConvDecision:
-    node: str  # ONNX node name
-    layout: str
-    input_layout: str
-    kind: str  # dense | first | depthwise | group
-    ic: int
-    oc: int
-    group: int
-    ic_padded: int
-    oc_padded: int
-    reason: str
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-
-def _term_value(t, env):
-    if t.var is None:
-        return t.value
-    v = env[t.var]
-    if t.modulo is None:
-        return v
-    return tuple(x % t.modulo for x in v) if isinstance(v, tuple) else v % t.modulo
-
-
-_CMP = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-        "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-
-
-def _holds(c, env) -> bool:
-    lhs = _term_value(c.lhs, env)
-    if c.values is not None:
-        items = lhs if isinstance(lhs, tuple) else (lhs,)
-        inside = all(v in c.values for v in items)
-        return inside if c.op == "in" else not inside
-    rhs = _term_value(c.rhs, env)
-    if isinstance(lhs, tuple) or isinstance(rhs, tuple):
-        a = lhs if isinstance(lhs, tuple) else (lhs,) * len(rhs)
-        b = rhs if isinstance(rhs, tuple) else (rhs,) * len(a)
-        return len(a) == len(b) and all(_CMP[c.op](x, y) for x, y in zip(a, b))
-    return _CMP[c.op](lhs, rhs)
-
-
-def _rule_holds(rule, env) -> bool:
-    return all(_holds(c, env) for c in rule.constraints)
-
-
-def decide_conv(node: str, ic: int, oc: int, group: int, kernel: Sequence[int], stride: Sequence[int],
-                dilation: Sequence[int], profile: TargetProfile) -> ConvDecision:
-    """The layout of one conv: the first rule that holds; else with channels padded to the
-    target's pad_channels (output channels first, then input channels, then both); else
-    the fallback layout. The reason says which and why."""
-    depthwise = group > 1 and group == ic and group == oc
-    env0 = {"ic": ic, "oc": oc, "group": group, "kernel": tuple(kernel), "stride": tuple(stride),
-            "dilation": tuple(dilation)}
-    rules = profile.rules_for("Conv")
-    p = profile.pad_channels
-    attempts = [(ic, oc, group)]
-    if p:
-        P = lambda n: round_up(n, p)  # noqa: E731
-        if depthwise:
-            attempts.append((P(ic), P(oc), P(group)))
-        elif group == 1:
-            attempts += [(ic, P(oc), 1), (P(ic), oc, 1), (P(ic), P(oc), 1)]
-    seen = set()
-    refusals = []
-    for a_ic, a_oc, a_g in attempts:
-        if (a_ic, a_oc, a_g) in seen:
-            continue
-        seen.add((a_ic, a_oc, a_g))
-        env = dict(env0, ic=a_ic, oc=a_oc, group=a_g)
-        for rule in rules:
-            if not _rule_holds(rule, env):
-                continue
-            d = _decision(node, ic, oc, group, rule, profile, padded=(a_ic, a_oc) != (ic, oc))
-            if isinstance(d, str):
-                refusals.append(d)
-                continue
-            return d
-    layouts = sorted({r.layout for r in rules})
-    if refusals:
-        why = refusals[0]
-    elif not rules:
-        why = f"target {profile.name} has no conv layout rule"
-    else:
-        pad = f" (also with channels padded to {p})" if p else ""
-        why = (f"no {'/'.join(layouts)} rule holds for IC={ic}, OC={oc}, group={group}{pad}")
-    fb = profile.fallback_layout
-    kind = "depthwise" if depthwise else ("group" if group > 1 else "dense")
-    return ConvDecision(node, fb, fb, kind, ic, oc, group, ic, oc, f"{why}: keeps {fb}")
-
-
-def _decision(node, ic, oc, group, rule, profile, padded):
-    layout = rule.layout
-    k = block_of(layout)
-    depthwise = group > 1 and group == ic and group == oc
-    first = (group == 1 and rule.input_layout not in (None, layout) and layout in ("NCHW44", "NCHW44_DOT")
-             and ic < 4)
-    notes = []
-    if depthwise:
-        kind = "depthwise"
-        icp = ocp = round_up(ic, k)
-        text = f"depthwise: channel-wise {layout}"
-        if icp != ic:
-            notes.append(f"G={ic} not a multiple of {k}: padded to {icp}")
-    elif group > 1:
-        kind = "group"
-        icg, ocg = ic // group, oc // group
-        if is_blocked(layout) and (icg % k or ocg % k):
-            return (f"group={group} with IC/g={icg}, OC/g={ocg}: grouped {layout} needs whole "
-                    f"blocks of {k} per group")
-        icp, ocp = ic, oc
-        text = f"group={group} (IC/g={icg}, OC/g={ocg}): grouped {layout}"
-    elif first:
-        kind = "first"
-        icp, ocp = ic, round_up(oc, k)
-        text = f"IC={ic}: first-layer {layout} packing"
-        if ocp != oc:
-            notes.append(f"OC={oc} not a multiple of {k}: padded to {ocp}")
-    else:
-        kind = "dense"
-        icp, ocp = round_up(ic, k), round_up(oc, k)
-        if icp != ic:
-            notes.append(f"IC={ic} not a multiple of {k}: padded to {icp}")
-        if ocp != oc:
-            notes.append(f"OC={oc} not a multiple of {k}: padded to {ocp}")
-        text = f"IC={ic}, OC={oc}: dense {layout}" if not notes else f"dense {layout}"
-    if (icp != ic or ocp != oc) and not profile.pad_channels:
-        return f"channels not a multiple of {k} and the target does not pad channels"
-    reason = "; ".join(notes + [text]) if kind == "dense" else "; ".join([text] + notes)
-    in_layout = PLAIN if kind == "first" else layout
-    return ConvDecision(node, layout, in_layout, kind, ic, oc, group, icp, ocp, reason)
 
 
 # ============================================================================= recognition
@@ -406,8 +147,9 @@ def _q_of(v, scale, zp, dtype):
 
 
 class _Lowerer:
-    def __init__(self, model: onnx.ModelProto, profile: TargetProfile):
-        self.profile = profile
+    def __init__(self, model: onnx.ModelProto, target: Target):
+        self.target = target
+        self.float_requant = target.requant.style == "float_scale"
         try:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:
@@ -431,7 +173,7 @@ class _Lowerer:
             for i in n.input:
                 if i:
                     self.consumers.setdefault(i, []).append(n)
-        self.prog = Program(target=profile.name, rounding=profile.rounding, requant=profile.requant)
+        self.prog = Program(target=target.name, rounding=target.rounding, requant=target.requant.style)
         self.pending: List[_Pending] = []
         self.names: set = set()  # names used in the program so far
         self.float_cache: Dict[tuple, str] = {}
@@ -502,7 +244,7 @@ class _Lowerer:
     def requant_consts(self, base, m) -> List[str]:
         """Constants for a rescale by real multiplier(s) m (array or scalar)."""
         m = np.asarray(m, dtype=np.float64)
-        if self.profile.requant == "float_scale":
+        if self.float_requant:
             return [self.add_const(f"{base}.scale", m.astype(np.float32))]
         q, s = quantize_multiplier(m if m.ndim else m.reshape(1))
         return [self.add_const(f"{base}.multiplier", np.asarray(q, dtype=np.int32).reshape(m.shape)),
@@ -882,7 +624,7 @@ class _Lowerer:
             _, act, (s_y, z_y, dt) = tail
             lo, hi, actname = self.out_clamp(act, s_y, z_y, dt)
             m = (np.float64(s_x) * s_w.astype(np.float64)) / np.float64(s_y)
-            if self.profile.requant == "float_scale":
+            if self.float_requant:
                 m = (s_x * s_w).astype(np.float32) / np.float32(s_y)
             consts = self.requant_consts(base, m)
             if ybias is not None:
@@ -919,7 +661,7 @@ class _Lowerer:
         placement: quantize_bias false) in its float epilogue, unrounded; rounding it to
         int32 in units of s_x * s_w moved results across rounding ties (0.1 % of a layer's
         elements on PP-OCR cls for cuda)."""
-        return (self.profile.requant == "float_scale" and b is not None and b.kind == "const"
+        return (self.float_requant and b is not None and b.kind == "const"
                 and not (b.qint is not None and b.qint.dtype == np.int32))
 
     @staticmethod
@@ -996,7 +738,7 @@ class _Lowerer:
             _, act, (s_y, z_y, dt) = tail
             lo, hi, actname = self.out_clamp(act, s_y, z_y, dt)
             m = np.float64(s_a) * s_w.astype(np.float64) / np.float64(s_y)
-            if self.profile.requant == "float_scale":
+            if self.float_requant:
                 m = (s_a * s_w).astype(np.float32) / np.float32(s_y)
             consts = self.requant_consts(base, m)
             if fbias is not None:
@@ -1034,7 +776,7 @@ class _Lowerer:
         _, act, (s_y, z_y, dt) = tail
         lo, hi, actname = self.out_clamp(act, s_y, z_y, dt)
         base = self.out_name(tail, node)
-        if self.profile.requant == "float_scale":
+        if self.float_requant:
             consts = [self.add_const(f"{base}.a_scale", np.float32(np.float32(a[1]) / np.float32(s_y))),
                       self.add_const(f"{base}.b_scale", np.float32(np.float32(b[1]) / np.float32(s_y)))]
         else:
@@ -1064,7 +806,7 @@ class _Lowerer:
         _, act, (s_y, z_y, dt) = tail
         lo, hi, actname = self.out_clamp(act, s_y, z_y, dt)
         base = self.out_name(tail, node)
-        if self.profile.requant == "float_scale":
+        if self.float_requant:
             m = np.float32(a[1]) * np.float32(b[1]) / np.float32(s_y)
         else:
             m = np.float64(a[1]) * np.float64(b[1]) / np.float64(s_y)
@@ -1304,9 +1046,9 @@ class _Lowerer:
 
     # ------------------------------------------------------------------ planning
     def plan(self, stored: Optional[dict] = None) -> LayoutPlan:
-        plan = LayoutPlan(target=self.profile.name)
+        plan = LayoutPlan(target=self.target.name)
         given = {}
-        if stored and stored.get("target") == self.profile.name:
+        if stored and stored.get("target") == self.target.name:
             given = {d["node"]: d for d in stored.get("convs", [])}
         layout_of: Dict[str, str] = {n: PLAIN for n in self.prog.tensors}
         for p in self.pending:
@@ -1317,7 +1059,7 @@ class _Lowerer:
                     d = ConvDecision(**given[c["onnx_node"]])
                 else:
                     d = decide_conv(c["onnx_node"], c["ic"], c["oc"], c["group"], c["kernel"], c["stride"],
-                                    c["dilation"], self.profile)
+                                    c["dilation"], self.target)
                 p.decision = d
                 p.layout = d.layout
                 plan.convs.append(d)
@@ -1477,7 +1219,7 @@ def _per_channel_shape(shape, c) -> bool:
 
 def plan_layouts(source, target=None) -> LayoutPlan:
     """Recognise the integer kernels of a QDQ model and plan their layouts for `target`."""
-    lw = _Lowerer(_to_model(source), target_profile(target))
+    lw = _Lowerer(_to_model(source), resolve_target(target))
     lw.recognise()
     plan = lw.plan()
     # conversions are counted the same way emission inserts them
@@ -1491,11 +1233,11 @@ def lower_to_program(source, target=None) -> Program:
     A layout plan stored by the lower-layout pass in an IR's notes is honoured for the
     convs it names (when it was made for the same target).
     """
-    profile = target_profile(target)
+    target = resolve_target(target)
     stored = None
     if hasattr(source, "ann"):
         stored = source.ann.notes.get("layout_plan")
-    lw = _Lowerer(_to_model(source), profile)
+    lw = _Lowerer(_to_model(source), target)
     lw.recognise()
     plan = lw.plan(stored)
     prog = lw.build(plan)

@@ -28,10 +28,8 @@ from qcompiler.target.model import (
 )
 from qcompiler.target.patterns import (
     Failure,
-    LayoutChoice,
     Match,
     Matcher,
-    choose_layout,
     compile_pattern,
     match_all,
 )
@@ -40,7 +38,7 @@ from qcompiler.target.printer import format_target
 __all__ = [
     "Constraint", "LayoutRule", "Operand", "PatternDef", "Placement", "Pos", "QuantScheme",
     "Requant", "Step", "Target", "Term",
-    "Failure", "LayoutChoice", "Match", "Matcher", "choose_layout", "compile_pattern", "match_all",
+    "Failure", "Match", "Matcher", "compile_pattern", "match_all",
     "format_target", "list_targets", "load_target", "parse_target", "shipped_target_names",
     "shipped_target_path",
 ]
