@@ -40,7 +40,7 @@ class Calibrate(Pass):
     def run(self, ir, ctx) -> bool:
         plan = Plan.from_json(ir.ann.notes["quant_plan"])
         rep = ctx.pass_report(self.name)
-        method = ctx.option("calib_method", "minmax")
+        method = ctx.option("calib_method") or ctx.target.calibration
         opts = {"percentile": ctx.option("percentile", 99.99)} if method == "percentile" else {}
         act = to_quant_scheme(ctx.target.scheme("activation"))
         t0 = time.perf_counter()

@@ -11,6 +11,11 @@ the printer and the dumps) and stores the whole plan in `ir.ann.notes["layout_pl
 graph itself stays valid QDQ ONNX: the lowered program is a separate export
 (`qcompiler.lowering.lower.lower_to_program(ir, target)`, `--emit program`), which follows
 this plan.
+
+Planning never fails a QDQ build: ops the program interpreter cannot run (LSTM, Loop, ...)
+are recorded under `no_program_kernel` (ONNX Runtime runs them in the QDQ model), and a
+plan that cannot be made at all is recorded with its reason and leaves every kernel in
+NCHW; only `--emit program` refuses such models.
 """
 
 from __future__ import annotations
@@ -23,9 +28,17 @@ class LowerLayout(Pass):
     """Plan target layouts for the integer kernels (a reason per conv); the program export follows it."""
 
     def run(self, ir, ctx) -> bool:
+        from qcompiler.errors import QCompilerError
         from qcompiler.lowering.lower import plan_layouts
 
-        plan = plan_layouts(ir, ctx.target)
+        try:
+            plan = plan_layouts(ir, ctx.target)
+        except QCompilerError as e:
+            ir.ann.notes.pop("layout_plan", None)
+            ctx.pass_report(self.name).update(planned=False, reason=str(e))
+            ctx.log.warning("lower-layout: no layout plan (%s); the QDQ model is unaffected, "
+                            "--emit program would refuse this model", e)
+            return False
         before = dict(ir.ann.layout)
         for d in plan.convs:
             ir.ann.layout[d.node] = f"{d.layout} ({d.reason})"
@@ -34,6 +47,6 @@ class LowerLayout(Pass):
         padded = sum(1 for d in plan.convs if (d.ic_padded, d.oc_padded) != (d.ic, d.oc))
         ctx.pass_report(self.name).update(
             convs=len(plan.convs), conv_layouts=data["conv_layouts"], padded_convs=padded,
-            layout_conversions=data["num_conversions"],
+            layout_conversions=data["num_conversions"], no_program_kernel=data["no_program_kernel"],
             decisions={d.node: f"{d.layout} ({d.reason})" for d in plan.convs})
         return ir.ann.layout != before

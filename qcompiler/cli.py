@@ -81,7 +81,8 @@ def cli():
 @click.option("--calib-samples", type=click.IntRange(min=1), help="Use at most N calibration samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Calibration batch size (default: the model's fixed batch, else 1).")
 @click.option("--method", type=click.Choice(["minmax", "moving_average", "percentile", "entropy", "mse"]),
-              default="minmax", show_default=True, help="Activation calibration method.")
+              default=None, help="Activation calibration method [default: the target's `calibration`, "
+                                 "minmax unless the target file says otherwise].")
 @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
               help="Percentile for --method percentile.")
 @click.option("--preprocess", type=click.Path(dir_okay=False),

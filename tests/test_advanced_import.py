@@ -115,7 +115,7 @@ def test_s8s8_import_to_arm64_matches_its_own_qdq_semantics(s8s8, held):
 
 def test_u8_asymmetric_import_is_retargeted_to_s8_symmetric(net, batches, held):
     u8 = ort_quantize(net, batches, activation="QUInt8")  # ORT's x86 default; Relus become Q ranges
-    r = _import(u8)
+    r = _import(u8, target="arm64-sym")  # zero-point-free int8 kernels
     rep = r.report["import"]
     assert any("uint8 asymmetric" in w and "re-derived" in w for w in rep["warnings"])
     assert rep["relu_made_explicit"] >= 1

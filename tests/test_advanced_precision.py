@@ -54,10 +54,12 @@ def _init_types(model):
 
 @pytest.fixture(scope="module")
 def builds(net, data):
+    # arm64-sym: with zero-point-free int8 activations the activation error dominates, which
+    # int16 activations remove (on arm64's asymmetric int8 the weights' error dominates)
     out = {}
     for key, opts in {"w8a8": {}, "w4a8": {"weight_dtype": "int4"}, "w8a16": {"activation_dtype": "int16"},
                       "w4a16": {"weight_dtype": "int4", "activation_dtype": "int16"}}.items():
-        out[key] = _build(net, data, **opts)
+        out[key] = _build(net, data, target="arm64-sym", **opts)
     return out
 
 

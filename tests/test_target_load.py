@@ -18,7 +18,7 @@ from qcompiler.target import (
     shipped_target_path,
 )
 
-SHIPPED = ["arm64", "arm64-dot", "cuda", "x86", "x86-avx2"]
+SHIPPED = ["arm64", "arm64-dot", "arm64-sym", "cuda", "x86", "x86-avx2"]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "target-language.md"
 
 BASE = """
@@ -113,7 +113,9 @@ def test_x86_avx2_makes_weight_pairs_safe_only():
 
 def test_arm64_facts():
     t = load_target("arm64")
-    assert (t.activation.dtype, t.activation.symmetric) == ("int8", True)
+    assert (t.activation.dtype, t.activation.symmetric) == ("int8", False)  # ORT/XNNPACK take a zero point
+    assert load_target("arm64-sym").activation.symmetric  # zero-point-free int8 kernels
+    assert (t.calibration, load_target("cuda").calibration) == ("minmax", "mse")
     assert (t.weight.dtype, t.weight.symmetric, t.weight.per_channel) == ("int8", True, True)
     assert (t.weight.qmin, t.weight.qmax) == (-127, 127)
     assert (t.requant.style, t.requant.precision) == ("fixed_point", "q31")

@@ -92,6 +92,9 @@ class LayoutPlan:
     convs: List[ConvDecision] = field(default_factory=list)
     kernels: Dict[str, str] = field(default_factory=dict)  # kernel name -> layout
     conversions: List[dict] = field(default_factory=list)
+    # float nodes the program interpreter cannot run (LSTM, ...): the QDQ model runs them in
+    # ONNX Runtime; only `--emit program` has to refuse them
+    no_program_kernel: Dict[str, str] = field(default_factory=dict)  # node -> op
 
     def to_json(self) -> dict:
         counts: Dict[str, int] = {}
@@ -99,7 +102,8 @@ class LayoutPlan:
             counts[d.layout] = counts.get(d.layout, 0) + 1
         return {"target": self.target, "convs": [d.to_json() for d in self.convs],
                 "conv_layouts": counts, "conversions": list(self.conversions),
-                "num_conversions": len(self.conversions)}
+                "num_conversions": len(self.conversions),
+                "no_program_kernel": dict(self.no_program_kernel)}
 
     def summary(self) -> str:
         lines = [f"layout plan for {self.target}: {len(self.convs)} convs, "
@@ -147,8 +151,10 @@ def _q_of(v, scale, zp, dtype):
 
 
 class _Lowerer:
-    def __init__(self, model: onnx.ModelProto, target: Target):
+    def __init__(self, model: onnx.ModelProto, target: Target, plan_only: bool = False):
         self.target = target
+        self.plan_only = plan_only
+        self.no_program_kernel: Dict[str, str] = {}
         self.float_requant = target.requant.style == "float_scale"
         try:
             model = onnx.shape_inference.infer_shapes(model)
@@ -435,8 +441,11 @@ class _Lowerer:
     def float_node(self, node, ins):
         op = node.op_type
         if op not in FLOAT_OPS:
-            raise ModelError(f"op {op} (node '{node.name}') has no integer kernel and no float implementation "
-                             f"in the program interpreter", "keep this model in QDQ form")
+            if not self.plan_only:
+                raise ModelError(f"--emit program: op {op} (node '{node.name}') has no integer kernel on "
+                                 f"{self.target.name} and no float implementation in the program interpreter",
+                                 "emit qdq (the default) or qop: ONNX Runtime runs this op in float there")
+            self.no_program_kernel[node.name or node.output[0]] = op
         in_names, act, cc = [], [], []
         for idx, (i, v) in enumerate(zip(node.input, ins)):
             if v is None:
@@ -1129,6 +1138,11 @@ class _Lowerer:
                 key = (src, want)
                 if key not in converted:
                     info = prog.tensors[src]
+                    if p.cls == "conv" and info.channels is None:
+                        # a conv's input channels are its weight's, whatever shape inference saw
+                        info.channels = d.ic
+                        if info.shape is None or len(info.shape) != 4:
+                            info.shape = [None, d.ic, None, None]
                     if info.shape is None or len(info.shape) != 4 or info.channels is None:
                         raise ModelError(f"tensor '{src}' needs layout {want} but its shape is unknown",
                                          "give the model static channel counts (run shape inference)")
@@ -1219,11 +1233,12 @@ def _per_channel_shape(shape, c) -> bool:
 
 def plan_layouts(source, target=None) -> LayoutPlan:
     """Recognise the integer kernels of a QDQ model and plan their layouts for `target`."""
-    lw = _Lowerer(_to_model(source), resolve_target(target))
+    lw = _Lowerer(_to_model(source), resolve_target(target), plan_only=True)
     lw.recognise()
     plan = lw.plan()
     # conversions are counted the same way emission inserts them
     lw.build(plan)
+    plan.no_program_kernel = dict(lw.no_program_kernel)
     return plan
 
 

@@ -9,7 +9,7 @@ statement replaces the parent's statement of the same kind (and name):
 - `passthrough` / `share_scale` / `float`: the whole list
 - `placement { KEY VALUE }`: by key
 - `layout OPS ...`: the child's layout rules replace every parent rule for the ops they name
-- `rounding`, `requant`, `accumulator`, `pad_channels`, `fallback`, `pipeline`: replaced
+- `rounding`, `calibration`, `requant`, `accumulator`, `pad_channels`, `fallback`, `pipeline`: replaced
 
 A parent named in `extends NAME` is looked up first as `NAME.qtarget` next to the child
 file, then among the shipped targets.
@@ -191,6 +191,7 @@ class _Resolver:
         }
         self.single: dict[str, object] = {
             "rounding": p.rounding if p else "half_to_even",
+            "calibration": p.calibration if p else "minmax",
             "requant": p.requant if p else Requant("float_scale"),
             "accumulator": p.accumulator if p else "int32",
             "pad_channels": p.pad_channels if p else None,
@@ -296,6 +297,7 @@ class _Resolver:
             bias=self.schemes["bias"] or _DEFAULT_BIAS,
             overrides=tuple(self.overrides.values()),
             rounding=self.single["rounding"],  # type: ignore[arg-type]
+            calibration=self.single["calibration"],  # type: ignore[arg-type]
             requant=self.single["requant"],  # type: ignore[arg-type]
             accumulator=self.single["accumulator"],  # type: ignore[arg-type]
             patterns=tuple(self.patterns.values()),

@@ -272,6 +272,7 @@ class Target:
     bias: QuantScheme
     overrides: tuple[QuantScheme, ...] = ()  # per-op partial schemes, (role, op) unique
     rounding: str = "half_to_even"
+    calibration: str = "minmax"  # the activation calibration method when the user names none
     requant: Requant = Requant("float_scale")
     accumulator: str = "int32"
     patterns: tuple[PatternDef, ...] = ()

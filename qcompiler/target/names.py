@@ -35,6 +35,8 @@ SCHEME_FLAGS = ("symmetric", "asymmetric", "per_tensor", "per_channel", "narrow"
                 "pair_safe")
 
 ROUNDING_MODES = ("half_away_from_zero", "half_to_even", "single_rounding")
+# activation calibration methods a target may make its default (`calibration mse`)
+CALIBRATION_METHODS = ("minmax", "moving_average", "percentile", "entropy", "mse")
 
 REQUANT_STYLES = ("fixed_point", "float_scale")
 FIXED_POINT_FORMATS = ("q31", "q15")
@@ -66,7 +68,7 @@ PLACEMENT_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 STATEMENT_KEYWORDS = (
-    "activation", "weight", "bias", "rounding", "requant", "accumulator", "pattern", "drop",
+    "activation", "weight", "bias", "rounding", "calibration", "requant", "accumulator", "pattern", "drop",
     "passthrough", "share_scale", "float", "placement", "layout", "pad_channels", "fallback",
     "pipeline",
 )

@@ -172,7 +172,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> TargetError
 class Stmt:
     """One statement of a target body, converted to model data.
 
-    kind: scheme | override | rounding | requant | accumulator | pattern | drop | oplist |
+    kind: scheme | override | rounding | calibration | requant | accumulator | pattern | drop | oplist |
           placement | layout | pad_channels | fallback | pipeline
     key: what makes two statements "the same" (a duplicate in one file; an override
          across inheritance); None for layout rules, which are ordered, not keyed.
@@ -407,6 +407,12 @@ class _Builder:
         mode = self.check(tok, N.ROUNDING_MODES, "rounding mode",
                           "rounding modes: " + ", ".join(N.ROUNDING_MODES))
         return [Stmt("rounding", "rounding", mode, self.pos(tree))]
+
+    def calibration_stmt(self, tree: Tree) -> list[Stmt]:
+        tok = tree.children[0]
+        method = self.check(tok, N.CALIBRATION_METHODS, "calibration method",
+                            "calibration methods: " + ", ".join(N.CALIBRATION_METHODS))
+        return [Stmt("calibration", "calibration", method, self.pos(tree))]
 
     def requant_stmt(self, tree: Tree) -> list[Stmt]:
         opt = tree.children[0]

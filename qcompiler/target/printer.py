@@ -87,6 +87,7 @@ def format_target(target: Target) -> str:
         out.append(ind + format_scheme(s))
     out.append(f"{ind}{'accumulator':<11} {target.accumulator}")
     out.append(f"{ind}{'rounding':<11} {target.rounding}")
+    out.append(f"{ind}{'calibration':<11} {target.calibration}")
     req = target.requant
     req_text = f"{req.style}({req.precision})" if req.precision else req.style
     out.append(f"{ind}{'requant':<11} {req_text}")

@@ -37,6 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 __all__ = [
     "ACTIVATIONS",
     "BUILDERS",
+    "cnn_lstm",
+    "yolox_like",
     "conv_bn_relu",
     "convtranspose_bn",
     "gemm_bn",
@@ -792,3 +794,75 @@ BUILDERS = {
     "mobilenet_like_tiny": lambda: mobilenet_like(hw=32, width=8, num_classes=10),
     "residual_chain_small": lambda: residual_chain(200),
 }
+
+
+# --------------------------------------------------------------------------------------
+# Sequence and detection heads (the target matrix: ops beyond convolutions)
+# --------------------------------------------------------------------------------------
+
+
+def cnn_lstm(height: int = 32, width: int = 96, hidden: int = 48, num_classes: int = 37,
+             seed: int = 0, batch: Dim = "N", opset: int = 13) -> onnx.ModelProto:
+    """A CRNN-style captcha/text recognizer: conv stack -> columns as a sequence ->
+    bidirectional LSTM -> per-step MatMul + Add -> Softmax. Output [T, N, classes]."""
+    b = _Builder(seed, opset)
+    x = b.input("input", [batch, 1, height, width])
+    y = b.conv_bn_act(x, 1, 16, 3, "c1", stride=2)
+    y = b.conv_bn_act(y, 16, 32, 3, "c2", stride=2)
+    y = b.conv_bn_act(y, 32, 32, 3, "c3")
+    h, t = height // 4, width // 4
+    feat = 32 * h
+    # [N, C, H, W] -> [W, N, C, H] -> [T, N, C*H]
+    y = b.node("Transpose", [y], "to_seq", perm=[3, 0, 1, 2])
+    y = b.node("Reshape", [y, b.init("seq_shape", np.array([t, -1, feat], np.int64))], "flatten_seq")
+    scale = 1.0 / np.sqrt(hidden)
+    w = (b.rng.uniform(-scale, scale, (2, 4 * hidden, feat))).astype(np.float32)
+    r = (b.rng.uniform(-scale, scale, (2, 4 * hidden, hidden))).astype(np.float32)
+    bb = (b.rng.uniform(-scale, scale, (2, 8 * hidden))).astype(np.float32)
+    y = b.node("LSTM", [y, b.init("lstm.W", w), b.init("lstm.R", r), b.init("lstm.B", bb)], "lstm",
+               hidden_size=hidden, direction="bidirectional")
+    # Y [T, 2, N, H] -> [T, N, 2, H] -> [T, N, 2H]
+    y = b.node("Transpose", [y], "lstm_out", perm=[0, 2, 1, 3])
+    y = b.node("Reshape", [y, b.init("out_shape", np.array([t, -1, 2 * hidden], np.int64))], "merge_dirs")
+    wfc = b.he_weight((2 * hidden, num_classes), 2 * hidden, 1, spread=0.1)
+    y = b.node("MatMul", [y, b.init("fc.weight", wfc)], "fc")
+    y = b.node("Add", [y, b.init("fc.bias", b.bias(num_classes))], "fc_bias")
+    y = b.node("Softmax", [y], "softmax", axis=-1)
+    return b.model(y, "cnn_lstm")
+
+
+def _silu(b: _Builder, x: str, name: str) -> str:
+    return b.node("Mul", [x, b.node("Sigmoid", [x], f"{name}.sigmoid")], f"{name}.mul")
+
+
+def yolox_like(hw: int = 64, width: int = 16, num_classes: int = 4, seed: int = 0,
+               batch: Dim = "N", opset: int = 13) -> onnx.ModelProto:
+    """A YOLOX-style detector: SiLU conv backbone, two strides, decoupled heads (box
+    regression, objectness and class scores with Sigmoid), outputs concatenated per level
+    and across levels: [N, anchors, 5 + classes]."""
+    b = _Builder(seed, opset)
+    x = b.input("images", [batch, 3, hw, hw])
+
+    def cba(t, cin, cout, k, name, stride=1):
+        t = b.bn(b.conv(t, cin, cout, k, f"{name}.conv", stride=stride, bias=False), cout, f"{name}.bn")
+        return _silu(b, t, name)
+
+    y = cba(x, 3, width, 3, "stem", stride=2)
+    y = cba(y, width, 2 * width, 3, "dark2", stride=2)
+    p3 = cba(y, 2 * width, 2 * width, 3, "dark3", stride=2)     # stride 8
+    p4 = cba(p3, 2 * width, 4 * width, 3, "dark4", stride=2)    # stride 16
+    levels = []
+    for i, (feat, c) in enumerate(((p3, 2 * width), (p4, 4 * width))):
+        stem = cba(feat, c, width, 1, f"head{i}.stem")
+        cls = cba(stem, width, width, 3, f"head{i}.cls_conv")
+        reg = cba(stem, width, width, 3, f"head{i}.reg_conv")
+        cls = b.node("Sigmoid", [b.conv(cls, width, num_classes, 1, f"head{i}.cls_pred")], f"head{i}.cls_sig")
+        box = b.conv(reg, width, 4, 1, f"head{i}.reg_pred")
+        obj = b.node("Sigmoid", [b.conv(reg, width, 1, 1, f"head{i}.obj_pred")], f"head{i}.obj_sig")
+        out = b.node("Concat", [box, obj, cls], f"head{i}.cat", axis=1)
+        out = b.node("Reshape", [out, b.init(f"head{i}.shape", np.array([0, 5 + num_classes, -1], np.int64))],
+                     f"head{i}.flat")
+        levels.append(out)
+    y = b.node("Concat", levels, "levels", axis=2)
+    y = b.node("Transpose", [y], "to_anchors", perm=[0, 2, 1])
+    return b.model(y, "yolox_like")
