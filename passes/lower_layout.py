@@ -36,8 +36,9 @@ class LowerLayout(Pass):
         except QCompilerError as e:
             ir.ann.notes.pop("layout_plan", None)
             ctx.pass_report(self.name).update(planned=False, reason=str(e))
-            ctx.log.warning("lower-layout: no layout plan (%s); the QDQ model is unaffected, "
-                            "--emit program would refuse this model", e)
+            if ctx.option("emit", "qdq") != "qop":  # a QOperator graph has no layouts to plan
+                ctx.log.warning("lower-layout: no layout plan (%s); the QDQ model is unaffected, "
+                                "--emit program would refuse this model", e)
             return False
         before = dict(ir.ann.layout)
         for d in plan.convs:

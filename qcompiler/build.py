@@ -133,9 +133,25 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
 
     add_bitops(r, ir, first, model=int8 if exported_ir else None)
     if ctx.option("evaluate", True):
-        acc = rpt.output_error(_unique_node_names(fp32), int8, eval_source())
+        ref = _unique_node_names(fp32)
+        acc = rpt.output_error(ref, int8, eval_source())
         acc["held_out"] = eval_source is not ctx.calib
         r["accuracy"] = acc
+        _flag_low_sqnr(ctx, ir, ref, acc, first)
+
+
+def _flag_low_sqnr(ctx, ir, fp32: onnx.ModelProto, acc: dict, batch) -> None:
+    """Below the `warn_sqnr` threshold (dB, default 20) the report names the quantized
+    tensors that lose most on their own; the CLI prints it as one warning."""
+    from . import report as rpt
+
+    threshold = float(ctx.option("warn_sqnr", 20.0))
+    sq = [o["sqnr_db"] for o in acc.get("outputs", {}).values() if o.get("sqnr_db") is not None]
+    if not sq or min(sq) >= threshold or batch is None:
+        return
+    producers = {o.name: n.name for n in ir.graph.nodes for o in n.outputs}
+    worst = rpt.tensor_losses(fp32, ir.ann.qparams, batch, producers)
+    acc["low_sqnr"] = {"sqnr_db": min(sq), "threshold": threshold, "worst_tensors": worst}
 
 
 def _unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -93,11 +93,15 @@ def cli():
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the build report as JSON here.")
 @click.option("--keep-going", is_flag=True, help="Skip a failing pass (IR restored) instead of stopping.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--warn-sqnr", type=click.FloatRange(min=-1e9, max=1e9), default=20.0, show_default=True,
+              help="Warn (exit code stays 0) when the held-out output SQNR is below this many dB, naming "
+                   "the tensors that lose most.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and warnings.")
 @accuracy_build_options
 @advanced_build_options
 def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib, calib_samples, batch_size,
-              method, percentile, preprocess, emit, report_path, keep_going, force, quiet, **extra_options):
+              method, percentile, preprocess, emit, report_path, keep_going, force, warn_sqnr, quiet,
+              **extra_options):
     """Compile MODEL through a pass pipeline and write the result."""
     from .accuracy.commands import build_options_to_dict
     from .advanced.commands import build_options_to_dict as advanced_options_to_dict
@@ -124,7 +128,8 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     calib_fn = None
     if calib is not None:
         calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
-    options = {"calib_method": method, "percentile": percentile, "emit": emit, "progress": not quiet}
+    options = {"calib_method": method, "percentile": percentile, "emit": emit, "progress": not quiet,
+               "warn_sqnr": warn_sqnr}
     options.update(acc_options)
     echo = None if quiet else _echo_err
     names = pipeline.split(",") if pipeline else None
@@ -161,11 +166,15 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     finally:
         if report_tmp is not None and report_tmp.exists():
             report_tmp.unlink()
-    if not quiet:
-        from .report import summarize
+    from .report import low_sqnr_warning, summarize
 
+    if not quiet:
         for line in summarize(result.report):
             _echo_err(line)
+    warning = low_sqnr_warning(result.report, model_path)
+    if warning:
+        _echo_err(warning)
+    if not quiet:
         _echo_err(f"wrote {out}")
 
 

@@ -85,6 +85,46 @@ def qdq_counts(model: onnx.ModelProto) -> Dict[str, int]:
     return {"QuantizeLinear": c.get("QuantizeLinear", 0), "DequantizeLinear": c.get("DequantizeLinear", 0)}
 
 
+def tensor_losses(fp32: onnx.ModelProto, qparams: Dict, batch: Dict[str, np.ndarray],
+                  producers: Dict[str, str], worst: int = 3) -> List[Dict]:
+    """The quantized activations that lose most on their own: each tensor's FP32 values on
+    one held-out batch against the same values quantized with its parameters (SQNR).
+    A quick per-layer estimate, one ONNX Runtime run; `qcompiler analyze` ranks layers by
+    their effect on the output instead."""
+    from .quant.qparams import fake_quant
+
+    produced = {o for n in fp32.graph.node for o in n.output}
+    names = [t for t in qparams if t in produced and t in producers]
+    if not names:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in names if t not in have)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, batch)))
+    rows = []
+    for t in names:
+        x = np.asarray(values.get(t), dtype=np.float32)
+        if x.dtype.kind != "f" or x.size == 0:
+            continue
+        rows.append({"tensor": t, "node": producers[t], "sqnr_db": round(sqnr_db(x, fake_quant(x, qparams[t])), 2)})
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return rows[:worst]
+
+
+def low_sqnr_warning(report: Dict, model: str = "MODEL") -> str | None:
+    """One warning line when the build's output SQNR fell below the threshold."""
+    low = report.get("accuracy", {}).get("low_sqnr")
+    if not low:
+        return None
+    worst = ", ".join(f"{w['node']} ({w['sqnr_db']:.1f} dB)" for w in low["worst_tensors"])
+    return (f"warning: output SQNR {low['sqnr_db']:.1f} dB is below {low['threshold']:g} dB"
+            + (f"; quantized tensors that lose most on their own: {worst}" if worst else "")
+            + f"; rank layers with `qcompiler analyze {model} ...`, keep them float with --keep-float PATTERN,"
+              " or let --min-sqnr 30 choose (--warn-sqnr sets the threshold)")
+
+
 def summarize(report: Dict) -> List[str]:
     lines = []
     q = report.get("quantization", {})

@@ -1,0 +1,99 @@
+"""arm64 and cuda as real targets: QDQ builds that lowering cannot plan still succeed,
+each target's defaults keep accuracy near x86's, and a low-accuracy build says so."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from qcompiler.build import build
+from qcompiler.cli import main
+from qcompiler.errors import ModelError
+from qcompiler.lowering.lower import lower_to_program
+from qcompiler.testing import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "tiny_convnet.onnx")
+CALIB = os.path.join(ROOT, "examples", "calib")
+
+
+def _batches(xs, name, bs=4):
+    if xs.ndim == 5:  # one fixed-batch sample at a time
+        return lambda: ({name: x} for x in xs)
+    return lambda: ({name: xs[i:i + bs]} for i in range(0, len(xs), bs))
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    rng = np.random.default_rng(0)
+    return models.cnn_lstm(), rng.uniform(-1, 1, (40, 1, 32, 96)).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", ["arm64", "arm64-dot", "cuda"])
+def test_lstm_builds_qdq_and_records_what_programs_cannot_run(lstm, target):
+    model, xs = lstm
+    r = build(model, target=target, calib=_batches(xs, "input"))
+    lower = r.report["passes"]["lower-layout"]
+    assert lower["no_program_kernel"] == {"lstm": "LSTM"}
+    assert any(n.op_type == "QuantizeLinear" for n in r.model.graph.node)
+    # only the program export refuses, naming the op and the way out
+    with pytest.raises(ModelError, match=r"--emit program: op LSTM .*emit qdq"):
+        lower_to_program(r.model, target)
+
+
+def test_conv_after_a_shape_inference_gap_gets_a_layout():
+    """A conv whose input shape ONNX shape inference loses (a Reshape to a computed shape)
+    still gets its blocked layout: its channels are its weight's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Reshape", ["x", "s"], ["r"]),  # shape known only at run time
+             helper.make_node("Conv", ["r", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    xs = rng.standard_normal((20, 8, 8, 8)).astype(np.float32)
+    r = build(m, target="arm64", calib=_batches(xs, "x"))
+    assert r.report["passes"]["lower-layout"]["conv_layouts"] == {"NCHW44": 1}
+
+
+def test_target_default_calibration_method_and_user_override():
+    xs = np.random.default_rng(2).standard_normal((20, 1, 3, 32, 32)).astype(np.float32)
+    m = models.resnet18_like(hw=32, width=8, num_classes=10)  # batch 1
+    cuda = build(m, target="cuda", calib=_batches(xs, "input"), options={"evaluate": False})
+    user = build(m, target="cuda", calib=_batches(xs, "input"), options={"evaluate": False, "calib_method": "minmax"})
+    qs = lambda r: {i.name: i.float_data or list(np.frombuffer(i.raw_data, np.float32))  # noqa: E731
+                    for i in r.model.graph.initializer if i.name.endswith("scale")}
+    assert qs(cuda) != qs(user)  # mse chose other ranges than the user's minmax
+
+
+def test_low_sqnr_build_warns_with_worst_tensors_and_exits_0(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    code = main(["build", EXAMPLE, "--target", "arm64", "--calib", CALIB, "-o", str(out), "--warn-sqnr", "300", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0 and out.exists()
+    lines = [line for line in err.splitlines() if line.startswith("warning: output SQNR")]
+    assert len(lines) == 1, err
+    assert "below 300 dB" in lines[0] and "qcompiler analyze" in lines[0] and "--keep-float" in lines[0]
+    assert lines[0].count(" dB)") == 3  # the three tensors that lose most, each with its own SQNR
+    code = main(["build", EXAMPLE, "--target", "arm64", "--calib", CALIB, "-o", str(out), "--force", "-q"])
+    assert code == 0 and "warning: output SQNR" not in capsys.readouterr().err
+
+
+def test_arm64_within_a_db_of_x86_on_a_real_model():
+    """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point and
+    cuda's mse calibration keep x86's output SQNR (zero-point-free arm64-sym does not)."""
+    from qcompiler.testing import tasks
+    from qcompiler.testing.real_models import real_model_path
+
+    xs = tasks.text_line_task(48)[0]
+    sq = {}
+    for t in ("x86", "arm64", "arm64-sym", "cuda"):
+        r = build(real_model_path("ppocr_cls"), target=t, calib=_batches(xs, "x"))
+        sq[t] = min(o["sqnr_db"] for o in r.report["accuracy"]["outputs"].values())
+    assert sq["arm64"] >= sq["x86"] - 1.0 and sq["cuda"] >= sq["x86"] - 1.0, sq
+    assert sq["arm64-sym"] < sq["arm64"] - 3.0, sq
