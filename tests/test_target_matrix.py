@@ -97,3 +97,13 @@ def test_arm64_within_a_db_of_x86_on_a_real_model():
         sq[t] = min(o["sqnr_db"] for o in r.report["accuracy"]["outputs"].values())
     assert sq["arm64"] >= sq["x86"] - 1.0 and sq["cuda"] >= sq["x86"] - 1.0, sq
     assert sq["arm64-sym"] < sq["arm64"] - 3.0, sq
+
+
+def test_recurrent_layers_count_in_the_mac_report(lstm):
+    model, xs = lstm
+    r = build(model, target="x86", calib=_batches(xs, "input"))
+    layers = {x["op"]: x for x in r.report["bitops"]["layers"]}
+    t, n, hidden, feat = 24, 4, 48, 256  # steps, batch, hidden, input features
+    assert layers["LSTM"]["macs"] == t * n * 2 * 4 * hidden * (feat + hidden)  # 2 directions, 4 gates
+    assert layers["LSTM"]["activation_bits"] == 32 and "MatMul" in layers
+    assert 0.4 < r.report["macs"]["int8_share"] < 0.6  # the float LSTM is half the work, not left out

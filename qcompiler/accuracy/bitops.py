@@ -1,7 +1,7 @@
 """Bit-operations and size report.
 
-For every multiply-accumulate layer (Conv, ConvTranspose, MatMul, Gemm, and the integer
-forms QLinearConv, QLinearMatMul, QGemm, ConvInteger, MatMulInteger):
+For every multiply-accumulate layer (Conv, ConvTranspose, MatMul, Gemm, LSTM, GRU, RNN, and
+the integer forms QLinearConv, QLinearMatMul, QGemm, ConvInteger, MatMulInteger):
 
     bitops = MACs x activation bits x weight bits
 
@@ -26,7 +26,9 @@ from onnx import TensorProto
 # integer op -> input index of (data, weight, data zero point, weight zero point)
 INTEGER_MAC_OPS = {"QLinearConv": (0, 3, 2, 5), "QLinearMatMul": (0, 3, 2, 5), "QGemm": (0, 3, 2, 5),
                    "ConvInteger": (0, 1, 2, 3), "MatMulInteger": (0, 1, 2, 3)}
-MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm") + tuple(INTEGER_MAC_OPS)
+# recurrent layers: gates per step (each gate a [H, I + H] matrix-vector product)
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm") + tuple(INTEGER_MAC_OPS) + tuple(RECURRENT_GATES)
 _CONV_LIKE = ("Conv", "QLinearConv", "ConvInteger")
 
 _BITS = {TensorProto.FLOAT: 32, TensorProto.FLOAT16: 16, TensorProto.BFLOAT16: 16, TensorProto.DOUBLE: 64,
@@ -133,7 +135,13 @@ def mac_counts(model: onnx.ModelProto, feeds=None) -> Dict[str, int]:
         w = shapes.get(node.input[wi])
         x = shapes.get(node.input[xi])
         try:
-            if node.op_type in _CONV_LIKE and out is not None and w is not None and len(w) >= 2:
+            if node.op_type in RECURRENT_GATES:
+                # X [T, N, I] (layout 1: [N, T, I]); W [directions, gates * H, I]
+                if x is not None and w is not None and len(x) == 3 and len(w) == 3:
+                    steps = x[0] * x[1]
+                    hidden = w[1] // RECURRENT_GATES[node.op_type]
+                    macs[node.name] = int(steps * w[0] * w[1] * (w[2] + hidden))
+            elif node.op_type in _CONV_LIKE and out is not None and w is not None and len(w) >= 2:
                 macs[node.name] = int(np.prod(out)) * int(np.prod(w[1:]))
             elif node.op_type == "ConvTranspose" and x is not None and w is not None and len(w) >= 2:
                 macs[node.name] = int(np.prod(x)) * int(np.prod(w[1:]))
@@ -301,6 +309,8 @@ def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None,
         if node.op_type in INTEGER_MAC_OPS:
             _, _, xz, wz = INTEGER_MAC_OPS[node.op_type]
             a_bits, w_bits = _zero_point_bits(node, xz, types), _zero_point_bits(node, wz, types)
+        elif node.op_type in RECURRENT_GATES:  # no INT8 recurrent kernel in any target: float
+            a_bits = w_bits = 32
         else:
             a_bits, w_bits = _float_op_bits(node, ir, plan, pre_qdq, producers, types)
         layers.append({"name": node.name, "op": node.op_type, "kernel": kernel_of.get(node.name),
