@@ -38,7 +38,7 @@ def _rec_lines(n, seed=0):
     from qcompiler.testing.tasks import cls_preprocess, text_line_image
 
     rng = np.random.default_rng(seed)
-    return np.stack([cls_preprocess(text_line_image(rng), shape=(3, 48, 320))[0] for _ in range(n)])
+    return np.stack([cls_preprocess(text_line_image(rng), shape=(3, 48, 320)) for _ in range(n)])
 
 
 def _smooth(n, h, w, c, seed=0):
