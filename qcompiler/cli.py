@@ -346,8 +346,8 @@ def verify_cmd(program, qdq_model, data, task):
     rep = verify_files(program, qdq_model, data, task=task)
     click.echo(rep.format())
     if not rep.ok():
-        err = QCompilerError("the program and the QDQ model disagree beyond one quantization step",
-                             "see the per-output table above")
+        err = QCompilerError("a program layer disagrees with the QDQ model beyond one quantization step",
+                             "see the layer-wise line above; report it with the program and the model")
         err.exit_code = 1
         raise err
 

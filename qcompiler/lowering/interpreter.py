@@ -714,7 +714,7 @@ def _unsqueeze(ins, at):
 
 def _transpose(ins, at):
     perm = at.get("perm")
-    return [np.ascontiguousarray(np.transpose(ins[0], perm))]
+    return [np.asarray(np.transpose(ins[0], perm), order="C")]
 
 
 def _concat(ins, at):

@@ -235,7 +235,7 @@ class _Lowerer:
 
     def add_const(self, base, value) -> str:
         name = self.fresh(base)
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value, order="C")  # ascontiguousarray would make a scalar 1-D
         self.prog.constants[name] = arr
         self.prog.tensors[name] = TensorInfo(name=name, dtype=str(arr.dtype), shape=list(arr.shape))
         return name

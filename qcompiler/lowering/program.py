@@ -182,7 +182,7 @@ def program_to_onnx(prog: Program) -> onnx.ModelProto:
         for key, v in attrs.items():
             node.attribute.append(v if isinstance(v, onnx.AttributeProto) else helper.make_attribute(key, v))
         nodes.append(node)
-    inits = [numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in prog.constants.items()]
+    inits = [numpy_helper.from_array(np.asarray(v, order="C"), name) for name, v in prog.constants.items()]
     ins = [_value_info(prog.tensors[n]) for n in prog.inputs]
     outs = [_value_info(prog.tensors[n]) for n in prog.outputs]
     io = set(prog.inputs) | set(prog.outputs) | set(prog.constants)
