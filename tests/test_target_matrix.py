@@ -107,3 +107,32 @@ def test_recurrent_layers_count_in_the_mac_report(lstm):
     assert layers["LSTM"]["macs"] == t * n * 2 * 4 * hidden * (feat + hidden)  # 2 directions, 4 gates
     assert layers["LSTM"]["activation_bits"] == 32 and "MatMul" in layers
     assert 0.4 < r.report["macs"]["int8_share"] < 0.6  # the float LSTM is half the work, not left out
+
+
+def _program_case(name):
+    from qcompiler.testing import tasks
+    from qcompiler.testing.real_models import real_model_path
+
+    rng = np.random.default_rng(3)
+    if name == "yolox_like":
+        return models.yolox_like(), "images", rng.standard_normal((20, 3, 64, 64)).astype(np.float32), 4
+    if name == "ppocr_det":
+        return real_model_path("ppocr_det"), "x", tasks.det_inputs(10, size=(64, 96)), 1
+    rec = os.path.join(os.path.dirname(real_model_path("ppocr_cls")), "ch_PP-OCRv4_rec_infer.onnx")
+    lines = np.stack([tasks.cls_preprocess(tasks.text_line_image(rng), shape=(3, 48, 160)) for _ in range(20)])
+    return rec, "x", lines, 4
+
+
+@pytest.mark.parametrize("name", ["yolox_like", "ppocr_det", "ppocr_rec"])
+@pytest.mark.parametrize("target", ["arm64", "cuda"])
+def test_programs_run_and_verify_on_the_matrix_models(name, target):
+    """Each layer of the lowered program equals the QDQ model's (the verdict); the
+    end-to-end float32 comparison is reported beside it."""
+    from qcompiler.lowering.verify import verify_program
+
+    model, inp, xs, bs = _program_case(name)
+    r = build(model, target=target, calib=_batches(xs, inp, bs), options={"evaluate": False})
+    prog = lower_to_program(r.ir, target)
+    rep = verify_program(prog, r.model, [{inp: xs[:bs]}], layerwise=True)
+    assert rep.ok(), rep.format()
+    assert rep.layers and "verdict (layer-wise" in rep.format()
