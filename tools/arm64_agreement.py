@@ -328,7 +328,7 @@ def analyse(case: Case) -> dict:
     res = {"machine": str(e2e["__machine__"]),
            "arm_seconds": {"e2e_session": float(e2e["__seconds_session__"]), "e2e_run": float(e2e["__seconds_run__"]),
                            "cut_session": float(cut["__seconds_session__"]), "cut_run": float(cut["__seconds_run__"])},
-           "host_seconds": case.seconds, "samples": len(next(iter(case.inputs.values())))}
+           "host_seconds": case.seconds, "samples": len(next(iter(case.inputs.values()))), "dir": case.dir}
     pairs = {"arm_vs_x86": Agreement(), "arm_vs_program": Agreement(), "x86_vs_program": Agreement()}
     for t in case.int_outputs:
         pairs["arm_vs_x86"].add(t, e2e[t], case.x86_e2e[t])
@@ -356,3 +356,35 @@ def analyse(case: Case) -> dict:
         ops[k] = ops.get(k, 0) + 1
     res["optimized_ops"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
     return res
+
+
+DOT_INSTRUCTIONS = ("sdot", "udot", "usdot", "sudot", "smmla", "ummla", "usmmla")
+
+
+def instruction_counts(wrapper: str, model: str, inputs: str, workdir, cpu: str = "neoverse-n1",
+                       names=DOT_INSTRUCTIONS + ("smull", "smlal2", "sadalp"), timeout: float = 600) -> Dict[str, int]:
+    """How many distinct translated instructions of each kind (qemu -d in_asm logs each
+    translated block once) one session of `model` on `inputs` (.npz) executed: sdot/udot
+    appear when ONNX Runtime dispatched its int8 dot-product kernels. The log (~50 MB,
+    mostly the interpreter's own code) is deleted after counting."""
+    import re
+
+    work = Path(workdir)
+    jf, log = work / f"trace_{cpu}.json", work / f"trace_{cpu}.log"
+    jf.write_text(json.dumps([{"model": str(model), "inputs": str(inputs), "out": str(work / f"trace_{cpu}.npz")}]))
+    env = dict(os.environ, QEMU_CPU=cpu, QEMU_LOG="in_asm", QEMU_LOG_FILENAME=str(log))
+    try:
+        r = subprocess.run([wrapper, str(RUNNER), str(jf)], env=env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"emulated onnxruntime failed ({r.returncode}):\n{r.stderr[-3000:]}")
+        pat = re.compile(r"\s(" + "|".join(names) + r")\s")
+        counts = dict.fromkeys(names, 0)
+        with open(log, errors="replace") as f:
+            for line in f:
+                m = pat.search(line)
+                if m:
+                    counts[m.group(1)] += 1
+        return counts
+    finally:
+        if log.exists():
+            log.unlink()
