@@ -68,3 +68,18 @@ def static_tensors(prog: Program) -> Set[str]:
         if node.op in _SHAPE_ONLY or all(i in static for i in ins):
             static.update(o for o in node.outputs if o)
     return static
+
+
+def open_dims_from(prog: Program, sample: Optional[Mapping[str, np.ndarray]]) -> Dict[str, tuple]:
+    """Input shapes for the dims the program leaves open, taken from one batch of data
+    (the build's calibration data); the batch dim becomes 1. Fixed dims stay as recorded."""
+    shapes = {}
+    for name in prog.inputs:
+        table = prog.tensors[name].shape
+        if sample is None or name not in sample or table is None:
+            continue
+        data = tuple(np.shape(sample[name]))
+        if len(data) != len(table):
+            continue
+        shapes[name] = tuple((1 if i == 0 else data[i]) if d is None or d < 0 else d for i, d in enumerate(table))
+    return shapes
