@@ -124,7 +124,8 @@ def conv(src: Source, node) -> None:
         if wshape != want:
             raise unsupported(node, f"{layout} weight shape {wshape}")
         dot = int(layout == "NCHW44_DOT")
-        acc, call = ho * wo * 4, f"qc_conv_nchw44(xp, {wsym}, {bsym}, &g, {dot}, acc, &rq, {src.ptr(y)}, {ydt});"
+        s8 = int(src.dtype(x) == "int8")
+        acc, call = ho * wo * 4, f"qc_conv_nchw44(xp, {wsym}, {bsym}, &g, {dot}, {s8}, acc, &rq, {src.ptr(y)}, {ydt});"
     elif layout in ("NC4HW4", "NC32HW32") and in_layout == layout:
         if cphys % (k * g) or oc % g:
             raise unsupported(node, f"group {g} without whole blocks of {k}")

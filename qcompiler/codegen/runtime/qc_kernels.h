@@ -26,6 +26,13 @@
 #pragma STDC FP_CONTRACT OFF
 #endif
 
+/* arm64: NEON (vmlal) for NCHW44 dense convs, SDOT (vdotq_s32) for NCHW44_DOT when the
+ * compiler targets it (-march=armv8.2-a+dotprod); both give the portable code's integers */
+#if defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define QC_NEON 1
+#endif
+
 /* the requantization below relies on arithmetic right shifts of negative integers */
 typedef char qc_arithmetic_shift_check[((-8) >> 1) == -4 ? 1 : -1];
 
@@ -286,13 +293,48 @@ static inline void qc_conv_nhwc(const int16_t* xp, const int8_t* w, const int32_
         }
 }
 
+/* one output pixel of a 4x4 weight block: a[o] += sum_i x[i] * w(i, o) */
+static inline void qc_block44(int32_t* a, const int16_t* xv, const int8_t* wb, int dot, int x_s8) {
+#if defined(QC_NEON)
+#if defined(__ARM_FEATURE_DOTPROD)
+  if (dot && x_s8) { /* w is (oc, ic): lane o of SDOT sums w[o][0..3] * x[0..3] */
+    int16x4_t x16 = vld1_s16(xv);
+    int8x8_t x8 = vmovn_s16(vcombine_s16(x16, x16));
+    vst1q_s32(a, vdotq_s32(vld1q_s32(a), vld1q_s8(wb), vcombine_s8(x8, x8)));
+    return;
+  }
+#endif
+  if (!dot) { /* w is (ic, oc): row i times lane i of x, widened to int16 */
+    int8x16_t w8 = vld1q_s8(wb);
+    int16x8_t w01 = vmovl_s8(vget_low_s8(w8)), w23 = vmovl_s8(vget_high_s8(w8));
+    int16x4_t x16 = vld1_s16(xv);
+    int32x4_t acc = vld1q_s32(a);
+    acc = vmlal_lane_s16(acc, vget_low_s16(w01), x16, 0);
+    acc = vmlal_lane_s16(acc, vget_high_s16(w01), x16, 1);
+    acc = vmlal_lane_s16(acc, vget_low_s16(w23), x16, 2);
+    acc = vmlal_lane_s16(acc, vget_high_s16(w23), x16, 3);
+    vst1q_s32(a, acc);
+    return;
+  }
+#endif
+  {
+    int wi_s = dot ? 1 : 4, wo_s = dot ? 4 : 1, o, ii;
+    (void)x_s8;
+    for (o = 0; o < 4; o++) {
+      int32_t s = 0;
+      for (ii = 0; ii < 4; ii++) s += xv[ii] * wb[ii * wi_s + o * wo_s];
+      a[o] += s;
+    }
+  }
+}
+
 /* NCHW44 / NCHW44_DOT dense and grouped: weight [G, OCg/4, ICg/4, FH, FW, 4, 4] with the
- * last two axes (ic, oc), or (oc, ic) when dot; output blocked by 4. acc: [Ho*Wo*4]. */
+ * last two axes (ic, oc), or (oc, ic) when dot; output blocked by 4. acc: [Ho*Wo*4].
+ * x_s8: the input is int8 (SDOT multiplies int8 by int8). */
 static inline void qc_conv_nchw44(const int16_t* xp, const int8_t* w, const int32_t* bias, const qc_conv_geo* g,
-                                  int dot, int32_t* acc, const qc_rq* rq, void* y, int ydt) {
-  int icb_n = g->C / 4 / g->G, ocb_n = g->OC / 4 / g->G, ob_all = g->OC / 4, n, ob, ib, i, j, oh, ow, o, ii;
+                                  int dot, int x_s8, int32_t* acc, const qc_rq* rq, void* y, int ydt) {
+  int icb_n = g->C / 4 / g->G, ocb_n = g->OC / 4 / g->G, ob_all = g->OC / 4, n, ob, ib, i, j, oh, ow, o;
   ptrdiff_t P = (ptrdiff_t)g->Ho * g->Wo, plane = (ptrdiff_t)g->Hp * g->Wp * 4, p;
-  int wi_s = dot ? 1 : 4, wo_s = dot ? 4 : 1;
   for (n = 0; n < g->N; n++)
     for (ob = 0; ob < ob_all; ob++) {
       int grp = ob / ocb_n;
@@ -306,14 +348,7 @@ static inline void qc_conv_nchw44(const int16_t* xp, const int8_t* w, const int3
             for (oh = 0; oh < g->Ho; oh++) {
               const int16_t* row = xpl + ((ptrdiff_t)(oh * g->sh + i * g->dh) * g->Wp + j * g->dw) * 4;
               int32_t* a = acc + (ptrdiff_t)oh * g->Wo * 4;
-              for (ow = 0; ow < g->Wo; ow++) {
-                const int16_t* xv = row + (ptrdiff_t)ow * g->sw * 4;
-                for (o = 0; o < 4; o++) {
-                  int32_t s = 0;
-                  for (ii = 0; ii < 4; ii++) s += xv[ii] * wb[ii * wi_s + o * wo_s];
-                  a[ow * 4 + o] += s;
-                }
-              }
+              for (ow = 0; ow < g->Wo; ow++) qc_block44(a + ow * 4, row + (ptrdiff_t)ow * g->sw * 4, wb, dot, x_s8);
             }
           }
       }
