@@ -40,14 +40,17 @@ class CLibrary:
     workspace_size: int
     tensors: List[CTensor] = field(default_factory=list)  # debug builds: every workspace tensor
     debug: bool = False
+    profile_labels: List[str] = field(default_factory=list)
 
 
 def generate(prog: Program, input_shapes: Optional[Mapping[str, Sequence[int]]] = None, prefix: str = "model",
-             debug: bool = False) -> CLibrary:
+             debug: bool = False, profile: bool = False) -> CLibrary:
     """C sources of `prog` for concrete input shapes (see shapes.resolve_input_shapes).
 
     debug: every tensor keeps its own workspace bytes after model_run, and the library
     lists them (name, offset, type) so that tests can compare each with the interpreter.
+    profile: each node's wall time is summed into <prefix>_profile_s[] (POSIX clock; for
+    bench/bench_codegen.py), labelled by <prefix>_profile_labels[].
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise UsageError(f"'{prefix}' is not a C identifier", "give a prefix of letters, digits and '_'")
@@ -61,6 +64,7 @@ def generate(prog: Program, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     values = trace(prog, shapes)
     static = static_tensors(prog)
     src = Source(prog, values, static, prefix)
+    src.profile = profile
     for name in prog.outputs:
         if name in static or name in prog.inputs or str(values[name].dtype) != "float32":
             raise ModelError(f"program output '{name}' is not a float32 tensor computed from the inputs",
@@ -97,7 +101,7 @@ def generate(prog: Program, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     outputs = [CTensor(n, tuple(values[n].shape), "float32") for n in prog.outputs]
     tensors = [CTensor(t, tuple(values[t].shape), str(values[t].dtype), src.offsets[t], src.layout(t))
                for t in first] if debug else []
-    lib = CLibrary(prefix, prog.target, {}, inputs, outputs, workspace, tensors, debug)
+    lib = CLibrary(prefix, prog.target, {}, inputs, outputs, workspace, tensors, debug, list(src.labels))
     from .files import render
 
     lib.files = render(lib, src, prog, scratch_at)

@@ -57,6 +57,8 @@ class Source:
         self.consts: Dict[str, tuple] = {}  # key -> (symbol, ctype, flat array)
         self.lines: List[str] = []
         self.scratch = 0  # bytes
+        self.profile = False
+        self.labels: List[str] = []  # profiled nodes
 
     # ------------------------------------------------------------------ tensors
     def dtype(self, name: str) -> str:
@@ -107,9 +109,15 @@ class Source:
 
     # ------------------------------------------------------------------ statements
     def emit(self, comment: str, *stmts: str) -> None:
+        comment = comment.replace("*/", "* /").replace("\n", " ")
         self.lines.append(f"  {{ /* {comment} */")
+        if self.profile:  # the node's time, summed over runs into <prefix>_profile_s[i]
+            self.labels.append(comment)
+            self.lines.append("    double t0_ = qc_now_s();")
         for s in stmts:
             self.lines.append(f"    {s}")
+        if self.profile:
+            self.lines.append(f"    {self.prefix}_profile_s[{len(self.labels) - 1}] += qc_now_s() - t0_;")
         self.lines.append("  }")
 
     def need_scratch(self, nbytes: int) -> None:

@@ -241,12 +241,62 @@ static inline void qc_plane_tap(int32_t* acc, const int16_t* plane, int32_t wv, 
   }
 }
 
+/* 1x1, stride 1, unpadded NCHW dense conv as a register-tiled GEMM: 4 output channels x 16
+ * pixels of int32 accumulators stay in registers across the input channels (the compiler
+ * vectorises the 16-wide rows). Channel and pixel tails fall back to the same sums. */
+static inline void qc_conv1x1_nchw(const int16_t* x, const int8_t* w, const int32_t* bias, int N, int C, int OC,
+                                   ptrdiff_t P, const qc_rq* rq, void* y, int ydt) {
+  int n, oc0, ic, r, j;
+  ptrdiff_t p0;
+  for (n = 0; n < N; n++) {
+    const int16_t* xn = x + (ptrdiff_t)n * C * P;
+    for (oc0 = 0; oc0 < OC; oc0 += 4) {
+      int rows = OC - oc0 < 4 ? OC - oc0 : 4;
+      for (p0 = 0; p0 < P; p0 += 16) {
+        int cols = P - p0 < 16 ? (int)(P - p0) : 16;
+        int32_t a[4][16];
+        for (r = 0; r < 4; r++)
+          for (j = 0; j < 16; j++) a[r][j] = r < rows ? bias[oc0 + r] : 0;
+        if (rows == 4 && cols == 16) {
+          const int8_t* w0 = w + (ptrdiff_t)oc0 * C;
+          for (ic = 0; ic < C; ic++) {
+            const int16_t* xr = xn + (ptrdiff_t)ic * P + p0;
+            int32_t v0 = w0[ic], v1 = w0[C + ic], v2 = w0[2 * C + ic], v3 = w0[3 * C + ic];
+            for (j = 0; j < 16; j++) {
+              int32_t xv = xr[j];
+              a[0][j] += v0 * xv;
+              a[1][j] += v1 * xv;
+              a[2][j] += v2 * xv;
+              a[3][j] += v3 * xv;
+            }
+          }
+        } else {
+          for (ic = 0; ic < C; ic++) {
+            const int16_t* xr = xn + (ptrdiff_t)ic * P + p0;
+            for (r = 0; r < rows; r++) {
+              int32_t v = w[(ptrdiff_t)(oc0 + r) * C + ic];
+              for (j = 0; j < cols; j++) a[r][j] += v * xr[j];
+            }
+          }
+        }
+        for (r = 0; r < rows; r++)
+          for (j = 0; j < cols; j++)
+            qc_rq_store(rq, a[r][j], oc0 + r, y, ydt, ((ptrdiff_t)n * OC + oc0 + r) * P + p0 + j);
+      }
+    }
+  }
+}
+
 /* NCHW: dense, grouped and depthwise; weight OIHW [OC, C/G, FH, FW]; output NCHW */
 static inline void qc_conv_nchw(const int16_t* xp, const int8_t* w, const int32_t* bias, const qc_conv_geo* g,
                                 int32_t* acc, const qc_rq* rq, void* y, int ydt) {
   int icg_n = g->C / g->G, ocg_n = g->OC / g->G, n, oc, icg, i, j;
   ptrdiff_t P = (ptrdiff_t)g->Ho * g->Wo, plane = (ptrdiff_t)g->Hp * g->Wp, p;
   int flat = g->FH == 1 && g->FW == 1 && g->sh == 1 && g->sw == 1 && g->Hp == g->Ho && g->Wp == g->Wo;
+  if (flat && g->G == 1) {
+    qc_conv1x1_nchw(xp, w, bias, g->N, g->C, g->OC, P, rq, y, ydt);
+    return;
+  }
   for (n = 0; n < g->N; n++)
     for (oc = 0; oc < g->OC; oc++) {
       int grp = oc / ocg_n;
