@@ -120,6 +120,8 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     inputs = [model_path, calib, target, preprocess, *plugin]
     if emit == "c":
         out = _c_output(model_path, output, target, force, inputs)
+    elif out.is_dir():  # -o accepts folders for --emit c only
+        raise UsageError(f"output '{out}' is a directory", "give a file name for -o (a folder only with --emit c)")
     else:
         _check_output(model_path, out, force, inputs[1:])
     report = Path(report_path) if report_path else None
