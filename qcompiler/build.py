@@ -79,7 +79,7 @@ def build(
         instruments.append(ProgressInstrument(echo))
     PassManager(passes, instruments, keep_going=keep_going).run(ir, ctx)
     exporter = ctx.option("exporter")
-    if exporter is None and ctx.option("emit") == "program":
+    if exporter is None and ctx.option("emit") in ("program", "c"):  # "c": the CLI generates C from it
         from .lowering.lower import program_exporter
 
         exporter = program_exporter
@@ -126,7 +126,7 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
                          "quantized_tensors": len(plan["tensors"]), "qdq": rpt.qdq_counts(int8)}
     r["float_reasons"] = dict(sorted(plan["float_reasons"].items()))
     r["size"] = {"before": model_size(fp32), "after": model_size(int8)}  # ByteSize() fails over 2 GB
-    if eval_source is None or ctx.option("emit", "qdq") == "program":
+    if eval_source is None or ctx.option("emit", "qdq") in ("program", "c"):
         return
     first = next(iter(eval_source()), None)
     from .accuracy.hooks import add_bitops

@@ -69,7 +69,8 @@ def cli():
 # ---------------------------------------------------------------------------------- build
 @cli.command("build")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model path (default: MODEL.<target>.onnx).")
+@click.option("-o", "--output", type=click.Path(), help="Output model path (default: MODEL.<target>.onnx; "
+              "a folder MODEL.<target>_c for --emit c).")
 @click.option("--target", "target", metavar="NAME|FILE", help="Target name (see 'qcompiler targets') or a .qtarget file. "
               "Default: x86 when --calib is given, else the FP32 pipeline only.")
 @click.option("--pipeline", metavar="A,B,C", help="Explicit pass list, replacing the target's pipeline.")
@@ -88,8 +89,9 @@ def cli():
 @click.option("--preprocess", type=click.Path(dir_okay=False),
               help="Image preprocessing for image folders: a .json/.toml or key=value file "
                    "(resize, crop, mean, std, scale, layout, color).")
-@click.option("--emit", type=click.Choice(["qdq", "qop", "program"]), default="qdq", show_default=True,
-              help="Output form: QDQ ONNX, ONNX integer ops, or the target-lowered program.")
+@click.option("--emit", type=click.Choice(["qdq", "qop", "program", "c"]), default="qdq", show_default=True,
+              help="Output form: QDQ ONNX, ONNX integer ops, the target-lowered program, or a C library "
+                   "folder generated from the program (see docs/codegen.md).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the build report as JSON here.")
 @click.option("--keep-going", is_flag=True, help="Skip a failing pass (IR restored) instead of stopping.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -121,7 +123,12 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     out = Path(output) if output else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
     inputs = [model_path, calib, target, preprocess, *plugin]
-    _check_output(model_path, out, force, inputs[1:])
+    if emit == "c":
+        out = _c_output(model_path, output, target, force, inputs)
+    elif out.is_dir():  # -o accepts folders for --emit c only
+        raise UsageError(f"output '{out}' is a directory", "give a file name for -o (a folder only with --emit c)")
+    else:
+        _check_output(model_path, out, force, inputs[1:])
     report = Path(report_path) if report_path else None
     if report is not None:
         _check_report(report, out, inputs, force)
@@ -159,7 +166,10 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
         if report is not None:  # written first, renamed into place only once the model is saved
             report_tmp = _write_temp(report, json.dumps(result.report, indent=2, sort_keys=True,
                                                         default=_jsonable) + "\n")
-        save_model(result.model, out, force=force)
+        if emit == "c":
+            _write_c_library(result.model, out, calib_fn, force)
+        else:
+            save_model(result.model, out, force=force)
         if report_tmp is not None:
             os.replace(report_tmp, report)
             report_tmp = None
@@ -176,6 +186,31 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
         _echo_err(warning)
     if not quiet:
         _echo_err(f"wrote {out}")
+
+
+# ---- --emit c: the lowered program becomes a C library folder (qcompiler.codegen)
+def _c_output(model_path: Path, output, target, force: bool, inputs) -> Path:
+    if target is None:
+        raise UsageError("--emit c needs a target", "pass --target (e.g. x86, arm64, arm64-dot)")
+    out = Path(output) if output else model_path.with_name(f"{model_path.stem}.{Path(target).stem}_c")
+    for i in inputs:
+        if i and _same_file(out, Path(i)):
+            raise UsageError(f"output '{out}' is an input of the build", "choose another -o folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output '{out}' is a file; --emit c writes a folder", "give a folder path with -o")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"output folder '{out}' is not empty", "pass --force to overwrite its files")
+    return out
+
+
+def _write_c_library(program_model, out: Path, calib_fn, force: bool) -> None:
+    from .codegen import generate, write_library
+    from .codegen.shapes import open_dims_from
+    from .lowering.program import program_from_onnx
+
+    prog = program_from_onnx(program_model)
+    sample = next(iter(calib_fn()), None) if calib_fn is not None else None
+    write_library(generate(prog, open_dims_from(prog, sample)), out, force=True)
 
 
 def _jsonable(o):
@@ -322,11 +357,14 @@ def _lines_of(path):
               help="A .npy (one-input program) or a .npz with arrays named after the inputs.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npy or .npz.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def run_cmd(program, input_path, output, force):
+@click.option("--backend", type=click.Choice(["interpreter", "c"]), default="interpreter", show_default=True,
+              help="The integer reference interpreter, or the program as generated C compiled with the host "
+                   "compiler (cached) and run through ctypes.")
+def run_cmd(program, input_path, output, force, backend):
     """Execute a lowered program (--emit program) with the integer reference interpreter."""
     from .lowering.verify import run_program_files
 
-    outs = run_program_files(program, input_path, output, force=force)
+    outs = run_program_files(program, input_path, output, force=force, backend=backend)
     for name, value in outs.items():
         _echo_err(f"{name}: {value.dtype}{list(value.shape)}")
     _echo_err(f"wrote {output}")

@@ -521,11 +521,13 @@ def _compare_tensors(prog, model, batches, names, substitute, ort_optimization) 
 
 # ----------------------------------------------------------------------------- file-level entry points
 
-def run_program_files(program_path, input_path, output_path, force: bool = True) -> Dict[str, np.ndarray]:
+def run_program_files(program_path, input_path, output_path, force: bool = True,
+                      backend: str = "interpreter") -> Dict[str, np.ndarray]:
     """`qcompiler run PROG --input x.npy -o y.npy`: load the program, run it on one input
     file (.npy for a one-input program, .npz with arrays named after the inputs), and write
     the outputs: a .npy for a one-output program, else a .npz keyed by output name
-    (written atomically). Returns the outputs."""
+    (written atomically). Returns the outputs. backend "c": the program as generated C,
+    compiled with the host compiler (qcompiler.codegen.native), instead of the interpreter."""
     import os
     import tempfile
     from pathlib import Path
@@ -537,7 +539,12 @@ def run_program_files(program_path, input_path, output_path, force: bool = True)
     if p.is_dir():
         raise UsageError(f"'{p}' is a folder; 'run' takes one input file", "give a .npy or .npz file")
     batch = load_inputs(str(p), prog.inputs)[0]
-    outs = run_program(prog, batch)
+    if backend == "c":
+        from ..codegen.native import run_c
+
+        outs = run_c(prog, batch)
+    else:
+        outs = run_program(prog, batch)
     out = Path(output_path)
     if out.exists() and not force:
         raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")

@@ -1,0 +1,190 @@
+"""C statements for the standard ONNX nodes of a program: float islands and data movement.
+
+Data movement (Reshape, Transpose, Slice, Gather with constant indices, ...) is compiled
+from the interpreter's own op run on an index tensor: the result says which input
+element every output element copies, which becomes a memcpy, a strided copy or, for
+anything else, a gather table. Elementwise float ops run over the physical buffer (they
+are layout-agnostic; constants are already laid out to match), broadcasting by strides.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..lowering.interpreter import run_float_op
+from . import int_kernels
+from .source import Source, flit, unsupported
+
+MOVEMENT = frozenset({"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice",
+                      "Gather", "Expand", "Tile", "DepthToSpace", "Split"})
+
+UNARY = {"Relu": "QC_F_RELU", "Clip": "QC_F_CLIP", "Sigmoid": "QC_F_SIGMOID", "HardSigmoid": "QC_F_HARDSIGMOID",
+         "HardSwish": "QC_F_HARDSWISH", "LeakyRelu": "QC_F_LEAKYRELU", "Elu": "QC_F_ELU", "Tanh": "QC_F_TANH",
+         "Exp": "QC_F_EXP", "Log": "QC_F_LOG", "Sqrt": "QC_F_SQRT", "Abs": "QC_F_ABS", "Neg": "QC_F_NEG",
+         "Reciprocal": "QC_F_RECIPROCAL", "Floor": "QC_F_FLOOR", "Ceil": "QC_F_CEIL", "Round": "QC_F_ROUND",
+         "Erf": "QC_F_ERF", "Softplus": "QC_F_SOFTPLUS"}
+
+BINARY = {"Add": "QC_F_ADD", "Sub": "QC_F_SUB", "Mul": "QC_F_MUL", "Div": "QC_F_DIV", "Max": "QC_F_MAX",
+          "Min": "QC_F_MIN", "Pow": "QC_F_POW"}
+
+
+def _strides_of(index: np.ndarray) -> Optional[tuple]:
+    """(base, strides) when index[i0..] == base + sum(i_d * s_d), else None."""
+    base = int(index.reshape(-1)[0]) if index.size else 0
+    strides = []
+    for d in range(index.ndim):
+        if index.shape[d] > 1:
+            sl = [0] * index.ndim
+            sl[d] = 1
+            strides.append(int(index[tuple(sl)]) - base)
+        else:
+            strides.append(0)
+    grid = np.indices(index.shape, dtype=np.int64) if index.size else None
+    if grid is not None:
+        pred = base + np.tensordot(np.asarray(strides, np.int64), grid, axes=(0, 0))
+        if not np.array_equal(pred, index):
+            return None
+    return base, strides
+
+
+def movement(src: Source, node) -> None:
+    x = node.inputs[0]
+    if x in src.static:
+        raise unsupported(node, "a dynamic input other than the first")
+    others = []
+    for i in node.inputs[1:]:
+        if i and i not in src.static:
+            raise unsupported(node, f"dynamic input '{i}'")
+        others.append(src.array(i) if i else None)
+    attrs = dict(node.attrs)
+    if node.op == "Split":
+        attrs["_num_outputs"] = len(node.outputs)
+    xs = src.shape(x)
+    index = np.arange(int(np.prod(xs, dtype=np.int64)), dtype=np.int64).reshape(xs)
+    maps = run_float_op(node.op, [index] + others, attrs)
+    esize = np.dtype(src.dtype(x)).itemsize
+    stmts = []
+    for out, m in zip(node.outputs, maps):
+        if not out:
+            continue
+        if node.op == "Dropout" and out != node.outputs[0]:
+            raise unsupported(node, "the mask output")
+        m = np.asarray(m)
+        if tuple(m.shape) != src.shape(out):
+            raise unsupported(node, f"shape {m.shape} differs from the traced {src.shape(out)}")
+        flat = m.reshape(-1)
+        if flat.size and flat[0] + flat.size <= index.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+            stmts.append(f"memcpy({src.ptr(out)}, (const uint8_t*){src.ptr(x)} + {int(flat[0]) * esize}, "
+                         f"{flat.size * esize});")
+            continue
+        fit = _strides_of(m) if m.ndim <= 6 else None
+        if fit is not None:
+            base, strides = fit
+            shape = [1] * (6 - m.ndim) + list(m.shape)
+            strides = [0] * (6 - m.ndim) + strides
+            sh = src.new_const(np.asarray(shape, np.int64), "ptrdiff_t")
+            st = src.new_const(np.asarray(strides, np.int64), "ptrdiff_t")
+            stmts.append(f"qc_strided_copy({src.ptr(x)}, {src.ptr(out)}, {esize}, {sh}, {st}, {base});")
+        else:
+            table = src.new_const(flat.astype(np.int32), "int32_t")
+            stmts.append(f"qc_gather({src.ptr(x)}, {src.ptr(out)}, {esize}, {table}, {flat.size});")
+    src.emit(f"{node.op} {node.name} (data movement)", *stmts)
+
+
+def _float_io(src: Source, node) -> None:
+    for t in [i for i in node.inputs if i] + [o for o in node.outputs if o]:
+        if src.dtype(t) != "float32":
+            raise unsupported(node, f"tensor '{t}' of type {src.dtype(t)}")
+
+
+def unary(src: Source, node) -> None:
+    _float_io(src, node)
+    a = node.attrs
+    x, y = node.inputs[0], node.outputs[0]
+    p0, p1 = 0.0, 0.0
+    if node.op == "Clip":
+        lo = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] else None
+        hi = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+        for t in (lo, hi):
+            if t and t not in src.static:
+                raise unsupported(node, "dynamic bounds")
+        p0 = float(np.asarray(src.array(lo)).reshape(-1)[0]) if lo else a.get("min", -np.inf)
+        p1 = float(np.asarray(src.array(hi)).reshape(-1)[0]) if hi else a.get("max", np.inf)
+    elif node.op == "HardSigmoid":
+        p0, p1 = a.get("alpha", 0.2), a.get("beta", 0.5)
+    elif node.op == "LeakyRelu":
+        p0 = a.get("alpha", 0.01)
+    elif node.op == "Elu":
+        p0 = a.get("alpha", 1.0)
+    src.emit(f"{node.op} {node.name} (float)",
+             f"qc_unary({UNARY[node.op]}, {src.ptr(x)}, {src.ptr(y)}, {src.size(y)}, {flit(p0)}, {flit(p1)});")
+
+
+def binary(src: Source, node) -> None:
+    ins = [i for i in node.inputs if i]
+    if len(ins) != 2:
+        raise unsupported(node, f"{len(ins)} inputs")
+    _float_io(src, node)
+    x, z, y = ins[0], ins[1], node.outputs[0]
+    src.emit(f"{node.op} {node.name} (float)",
+             f"static const qc_bcast bc = {src.bcast(y, src.shape(x), src.shape(z), node)};",
+             f"qc_binary({BINARY[node.op]}, {src.ptr(x)}, {src.ptr(z)}, &bc, {src.ptr(y)});")
+
+
+def softmax(src: Source, node) -> None:
+    _float_io(src, node)
+    x, y = node.inputs[0], node.outputs[0]
+    shape = src.shape(x)
+    axis = int(node.attrs.get("axis", -1))
+    axis = axis + len(shape) if axis < 0 else axis
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    src.emit(f"{node.op} {node.name} (float)",
+             f"qc_softmax({src.ptr(x)}, {src.ptr(y)}, {outer}, {shape[axis]}, {inner}, {int(node.op == 'LogSoftmax')});")
+
+
+def cast(src: Source, node) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    if src.dtype(x) != src.dtype(y):
+        raise unsupported(node, f"{src.dtype(x)} -> {src.dtype(y)}")
+    src.emit(f"Cast {node.name} (no-op)",
+             f"memcpy({src.ptr(y)}, {src.ptr(x)}, {src.size(y) * np.dtype(src.dtype(y)).itemsize});")
+
+
+def concat(src: Source, node) -> None:
+    int_kernels.concat(src, node, axis=int(node.attrs["axis"]))
+
+
+def resize(src: Source, node) -> None:
+    a = node.attrs
+    if a.get("mode", "nearest") != "nearest" or len(src.shape(node.inputs[0])) != 4:
+        raise unsupported(node, f"mode {a.get('mode', 'nearest')}")
+    ins = node.inputs
+    scales = sizes = None
+    for i in ins[1:]:
+        if i and i not in src.static:
+            raise unsupported(node, "dynamic scales or sizes")
+    if len(ins) == 2 and ins[1]:
+        scales = np.asarray(src.array(ins[1]), np.float64)
+    else:
+        if len(ins) > 2 and ins[2] and np.asarray(src.array(ins[2])).size:
+            scales = np.asarray(src.array(ins[2]), np.float64)
+        if len(ins) > 3 and ins[3] and np.asarray(src.array(ins[3])).size:
+            sizes = np.asarray(src.array(ins[3]), np.int64)
+    xs, ys = src.shape(node.inputs[0]), src.shape(node.outputs[0])
+    if xs[:2] != ys[:2]:
+        raise unsupported(node, "resizing the batch or channel axis")
+    int_kernels.resize(src, node, layout="NCHW", scales=None if scales is None else list(scales[2:]),
+                       sizes=None if sizes is None else list(sizes[2:]))
+
+
+def emitter(op: str):
+    if op in MOVEMENT:
+        return movement
+    if op in UNARY:
+        return unary
+    if op in BINARY:
+        return binary
+    return {"Softmax": softmax, "LogSoftmax": softmax, "Cast": cast, "Concat": concat, "Resize": resize}.get(op)
