@@ -17,7 +17,8 @@ import pytest
 from codegen_cases import C_FLAGS, MODELS, TARGETS, cache_env, compare_all, program, sample
 from qcompiler.codegen import generate, native, write_library
 from qcompiler.errors import ModelError
-from qcompiler.lowering.lower import TargetProfile, lower_to_program
+from qcompiler.lowering.lower import lower_to_program
+from qcompiler.target import parse_target
 from qcompiler.lowering.program import Kernel, TensorInfo
 from test_lowering_models import LAYOUT_IDS, LAYOUT_TARGETS, inputs, qdq
 
@@ -60,7 +61,8 @@ def test_every_layout_bit_exact(net, target):
 
 @pytest.mark.parametrize("rounding", ["half_away_from_zero", "half_to_even"])
 def test_other_roundings_bit_exact(rounding):
-    prog = lower_to_program(qdq("mixed"), TargetProfile(f"r-{rounding}", rounding, "fixed_point", (), None))
+    target = parse_target(f'target r-{rounding} extends arm64 "test" {{\nrounding {rounding}\ndrop layout Conv\n}}')
+    prog = lower_to_program(qdq("mixed"), target)
     _check(prog, {"input": inputs(1, seed=6)[0]})
 
 
