@@ -34,7 +34,6 @@ import numpy as np
 from qcompiler.advanced.adaround import (AdaRoundConfig, RowCollector, adaround_codes, fake_quant_model,
                                          layer_view, summarize)
 from qcompiler.advanced.precision import apply_precision, store_weight_codes
-from qcompiler.build import require_calibration
 from qcompiler.errors import UsageError
 from qcompiler.ir.io import ir_to_model
 from qcompiler.pipeline.registry import Pass, register_pass
@@ -72,7 +71,7 @@ class AdaRound(Pass):
         if not layers:
             rep.update(layers=0, skipped=skipped)
             return False
-        source = require_calibration(ctx, self.name)
+        source = ctx.require_calibration(self.name)
         model = ir_to_model(ir)
         fp_sess = session_with_outputs(model, sorted({lay.input for lay in layers}))
         act_qp = {t: ir.ann.qparams[t] for t in plan.tensors if t in ir.ann.qparams}

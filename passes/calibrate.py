@@ -17,7 +17,6 @@ import time
 import numpy as np
 
 from qcompiler.accuracy.bias_correction import InputMeans, weighted_inputs
-from qcompiler.build import require_calibration
 from qcompiler.errors import CalibrationError
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.derived import affine_source, derivations, derived_ranges
@@ -54,7 +53,7 @@ class Calibrate(Pass):
             observers = {name: make_observer("minmax" if name in full else method, **({} if name in full else opts))
                          for name in observed}
             rep["full_range_tensors"] = len(full)
-            source = require_calibration(ctx, self.name)
+            source = ctx.require_calibration(self.name)
             fetched = observed + [n for n in means if n not in observers]
             samples = {t.name: ValueSample() for t in ir.graph.inputs if t.name in observers}
             feeds = {n: _Fanout(*[d[n] for d in (observers, means, samples) if n in d]) for n in fetched}

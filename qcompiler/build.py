@@ -11,11 +11,12 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 
 import onnx
 
-from .errors import ModelError, PipelineError, VerifyError
+from .errors import ModelError, VerifyError
 from .ir import IR, ir_to_model, load_ir, read_model
 from .ir.io import model_size
 from .pipeline import Context, PassManager, build_pipeline, load_plugin
 from .pipeline.dumps import DumpInstrument, ProgressInstrument
+from .target import resolve_target
 
 FP32_PIPELINE = ("canonicalize", "fold-bn", "fuse-conv-bias-act")
 
@@ -26,14 +27,6 @@ class BuildResult:
     ir: IR
     report: Dict[str, Any] = field(default_factory=dict)
     target: Any = None
-
-
-def resolve_target(target):
-    if target is None or not isinstance(target, (str, os.PathLike)):
-        return target
-    from .target import load_target
-
-    return load_target(str(target))
 
 
 def build(
@@ -173,9 +166,3 @@ def _unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
             seen.add(node.name)
         kept.add(node.name)
     return ref
-
-
-def require_calibration(ctx: Context, who: str) -> Callable[[], Iterable[dict]]:
-    if ctx.calib is None:
-        raise PipelineError(f"pass '{who}' needs calibration data", "pass --calib PATH (a .npy/.npz file or folder)")
-    return ctx.calib

@@ -75,7 +75,7 @@ def prepare_build(model, target, names: Sequence[str], calib, options: Dict,
     if options.get("data_free") and calib is not None:
         pass  # data-free ranges even when data is given: the user asked for it
     if options.get("overrides") is not None:
-        from qcompiler.build import resolve_target
+        from qcompiler.target import resolve_target
         from qcompiler.ir import load_ir
 
         from .overrides import load_overrides, resolve_overrides

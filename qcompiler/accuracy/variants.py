@@ -46,7 +46,7 @@ class VariantBuilder:
                  pipeline: Optional[Sequence[str]] = None, eval_batches: int = 4,
                  calib_batches: Optional[int] = None, metric: Optional[Callable] = None,
                  fused_eval: bool = False, eval_data=None, include_slow_passes: bool = False):
-        from qcompiler.build import resolve_target
+        from qcompiler.target import resolve_target
 
         t0 = time.perf_counter()
         self.options = dict(options or {})

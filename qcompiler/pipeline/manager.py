@@ -34,6 +34,14 @@ class Context:
     def pass_report(self, name: str) -> Dict[str, Any]:
         return self.report.setdefault("passes", {}).setdefault(name, {})
 
+    def require_calibration(self, who: str):
+        """The calibration source (a callable returning a fresh iterator of input batches),
+        or a one-line error naming the pass that needs it."""
+        if self.calib is None:
+            raise PipelineError(f"pass '{who}' needs calibration data",
+                                "pass --calib PATH (a .npy/.npz file or folder)")
+        return self.calib
+
 
 def parse_insertion(spec: str):
     """'my-pass:after=fold-bn' or 'my-pass:before=place-qdq' or 'my-pass' (append)."""

@@ -10,6 +10,7 @@ from qcompiler.target.loader import (
     list_targets,
     load_target,
     parse_target,
+    resolve_target,
     shipped_target_names,
     shipped_target_path,
 )
@@ -39,6 +40,6 @@ __all__ = [
     "Constraint", "LayoutRule", "Operand", "PatternDef", "Placement", "Pos", "QuantScheme",
     "Requant", "Step", "Target", "Term",
     "Failure", "Match", "Matcher", "compile_pattern", "match_all",
-    "format_target", "list_targets", "load_target", "parse_target", "shipped_target_names",
+    "format_target", "list_targets", "load_target", "parse_target", "resolve_target", "shipped_target_names",
     "shipped_target_path",
 ]

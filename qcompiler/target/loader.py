@@ -119,6 +119,13 @@ def load_target(name_or_path: "str | os.PathLike | Target") -> Target:
     return target
 
 
+def resolve_target(target):
+    """None stays None; a name or path is loaded; a Target is returned as it is."""
+    if target is None or isinstance(target, Target):
+        return target
+    return load_target(target)
+
+
 def parse_target(text: str, filename: str = "<string>",
                  search_dir: str | os.PathLike | None = None) -> Target:
     """Parse and resolve target text. Parents come from `search_dir`, then shipped targets."""
