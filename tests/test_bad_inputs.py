@@ -577,7 +577,7 @@ def _():
     return build(save(good_model()), "--calib", calib(), "--report", "in/model.onnx")
 
 
-@case("report-is-output", "--report and the output")
+@case("report-is-output", "--report and -o name the same file")
 def _():
     return build(save(good_model()), "--calib", calib(), "--report", OUT)
 
@@ -746,7 +746,7 @@ def test_unwritable_output_folder(workdir: Path, capsys, monkeypatch):
         before = hash_tree(workdir / "in")
         rc, _, err = run_cli(build(model, out="out/ro/m.onnx"), capsys)
         assert rc == 2
-        assert error_lines(err) == ["error: output folder 'out/ro' is not writable (hint: choose another output path)"]
+        assert error_lines(err) == ["error: output folder 'out/ro' is not writable (hint: choose another -o path)"]
         assert files_under(workdir / "out") == []
         assert hash_tree(workdir / "in") == before
     finally:

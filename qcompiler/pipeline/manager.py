@@ -102,7 +102,7 @@ class PassManager:
                 removed = ir.cleanup()
                 ir.toposort()  # raises on a cycle
                 ir.verify(sorted_already=True)
-            except Exception as e:  # every failure is named after its pass
+            except (Exception, SystemExit) as e:  # every failure is named after its pass; sys.exit() in a plugin too
                 err = _as_pass_error(p, e)
                 for inst in self.instruments:
                     inst.failed(index, p, err)
@@ -146,5 +146,7 @@ def _as_pass_error(p: Pass, e: Exception) -> PassError:
         err = PassError(msg, e.hint)
         err.exit_code = e.exit_code
         return err
+    if isinstance(e, SystemExit):
+        return PassError(f"pass '{p.name}' called sys.exit({e.code!r})", "a pass must raise an exception instead of exiting")
     return PassError(f"pass '{p.name}' failed: {type(e).__name__}: {e}",
                      "re-run with --debug for the traceback; the dump dir holds the last good IR")
