@@ -208,7 +208,8 @@ def temp_beside(path: PathLike, what: str = "output") -> Path:
 @contextlib.contextmanager
 def staged(*paths: PathLike, what: str = "output") -> Iterator[List[Path]]:
     """Temporary files for `paths`; the block writes them, and they are renamed into place
-    together when it ends without error. Any error or interrupt removes them."""
+    together (in order: the main file last) when it ends without error. Any error or
+    interrupt removes them."""
     tmps: List[Path] = []
     try:
         for p in paths:
@@ -225,7 +226,7 @@ def staged(*paths: PathLike, what: str = "output") -> Iterator[List[Path]]:
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # the disk, not a bug
-            raise write_error(e, paths[0] if len(paths) == 1 else ", ".join(map(str, paths)), what) from None
+            raise write_error(e, paths[-1], what) from None  # a group's main file comes last
         raise
 
 
