@@ -100,9 +100,10 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
+    from .npz import load_npz_mapped
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return load_npz_mapped(path)  # mapped, not read: memory stays flat in the sample count
     except Exception as e:
         raise CalibrationError(
             f"cannot read calibration file '{path}': {_reason(e)}",
@@ -129,7 +130,7 @@ class NpyFileSource(CalibSource):
 
 
 class NpzFileSource(CalibSource):
-    """One .npz file: one array per input name, samples along the first axis."""
+    """One .npz file: one array per input name, samples along the first axis (memory-mapped)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
