@@ -26,7 +26,7 @@ class Canonicalize(Pass):
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
-        min_opset = int(ctx.option("min_opset", TARGET_OPSET))
+        min_opset = max(int(ctx.option("min_opset", TARGET_OPSET)), _target_opset(ctx.target))
         changed = False
         before = ir.opset
         # Opset upgrade and shape inference see the model without its weight data (a few KB
@@ -262,3 +262,14 @@ def _fold_constants(ir, log) -> int:
 
     live = live_nodes(ir.graph)
     return before - sum(1 for n in ir.graph.nodes if id(n) in live)
+
+
+def _target_opset(target) -> int:
+    """The opset a target's own types need: QuantizeLinear takes 4- and 16-bit types from
+    opset 21 (a custom target may declare `activation int16` or `weight uint4`)."""
+    if target is None or not hasattr(target, "activation"):
+        return TARGET_OPSET
+    from qcompiler.advanced.precision import OPSET_FOR_DTYPE
+
+    schemes = [target.activation, target.weight, target.bias, *getattr(target, "overrides", ())]
+    return max([OPSET_FOR_DTYPE.get(s.dtype, TARGET_OPSET) for s in schemes if s is not None] or [TARGET_OPSET])

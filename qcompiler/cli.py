@@ -192,7 +192,11 @@ def _calibration_source(model_path, calib, samples, batch_size, preprocess):
     from .ir import read_model
     from .calib.specs import input_specs
 
-    specs = input_specs(read_model(model_path, lazy=True))  # the inputs only: weights stay in their files
+    from .calib.model_checks import check_calibratable
+
+    model = read_model(model_path, lazy=True)  # the inputs only: weights stay in their files
+    check_calibratable(model, model_path)
+    specs = input_specs(model)
     def fresh():
         return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=preprocess)
 

@@ -30,11 +30,13 @@ def calibration_source(model_path, calib, samples=None, batch_size=1, preprocess
     from qcompiler.calib.specs import input_specs
     from qcompiler.ir import read_model
 
-    specs = input_specs(read_model(model_path))
-    pre = json.loads(Path(preprocess).read_text()) if preprocess else None
+    from qcompiler.calib.model_checks import check_calibratable
 
-    def fresh():
-        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=pre)
+    model = read_model(model_path, lazy=True)
+    check_calibratable(model, model_path)
+    specs = input_specs(model)
+    def fresh():  # the preprocess file is read and checked by load_calibration, as in build
+        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=preprocess)
 
     fresh()  # checks names, shapes and dtypes up front
     return fresh
@@ -70,6 +72,16 @@ def data_free_options(data_free: bool, input_range, input_stats, bn_sigmas) -> D
     if bn_sigmas is not None:
         opts["bn_sigmas"] = float(bn_sigmas)
     return opts
+
+
+def check_budget(min_sqnr, max_drop) -> None:
+    """nan or inf would make every comparison false: every layer float, or none."""
+    import math
+
+    for flag, value in (("--min-sqnr", min_sqnr), ("--max-drop", max_drop)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} {value} is not a finite number", f"e.g. {flag} " +
+                             ("30" if flag == "--min-sqnr" else "0.5"))
 
 
 # ---------------------------------------------------------------------------- build options
@@ -123,6 +135,7 @@ def build_options_to_dict(data_free=False, equalize=None, bias_correction=None, 
         opts["equalize"] = bool(equalize)
     if bias_correction is not None:
         opts["bias_correction"] = bool(bias_correction)
+    check_budget(min_sqnr, max_drop)
     if min_sqnr is not None:
         opts["min_sqnr"] = float(min_sqnr)
     if max_drop is not None:
@@ -228,6 +241,7 @@ def mixed_precision_command(model, target, calib, min_sqnr=None, max_drop=None, 
 
     if min_sqnr is None and max_drop is None:
         raise UsageError("give a budget", "--min-sqnr DB or --max-drop D")
+    check_budget(min_sqnr, max_drop)
     source, options = _setup(model, target, calib, calib_samples, batch_size, preprocess, method, data_free,
                              input_range, keep_float)
     rep = mixed_precision(model, target, source, min_sqnr=min_sqnr, max_drop=max_drop, metric=load_metric(metric),

@@ -464,8 +464,17 @@ class _Checker:
             yield {n: a[i] for n, a in prepared.items()}
 
 
-def _check_finite(sample: dict[str, np.ndarray], index: int, origin: str) -> None:
+def _check_finite(sample: dict[str, np.ndarray], index: int, origin: str, specs=None) -> None:
     for name, a in sample.items():
+        want = np.dtype(specs[name][1]) if specs and name in specs else None
+        if (want is not None and want.kind == "f" and a.dtype.kind == "f" and a.dtype.itemsize > want.itemsize
+                and a.size and np.isfinite(a).all()):
+            big = float(np.abs(a).max())
+            if big > float(np.finfo(want).max):  # the cast to the input's type would make it Inf
+                raise CalibrationError(
+                    f"calibration input '{name}' has values beyond {want}'s range ({big:.3g}) in sample {index} "
+                    f"(from {origin}); the model's input is {want}",
+                    f"scale the data into the model's input range, or drop that sample")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             n_nan = int(np.isnan(a).sum())
             n_inf = int(np.isinf(a).sum())
@@ -607,7 +616,7 @@ def load_calibration(
     first = next(stream, None)
     if first is None:
         raise CalibrationError(f"calibration data '{src.description}' is empty", _SOURCE_HINT)
-    _check_finite(first[0], 0, first[1])
+    _check_finite(first[0], 0, first[1], specs)
 
     total = src.num_samples
     if samples is not None:
@@ -640,7 +649,7 @@ def load_calibration(
             if samples is not None and index >= samples:
                 break
             if index > 0:
-                _check_finite(sample, index, origin)
+                _check_finite(sample, index, origin, specs)
             index += 1
             shapes = tuple(sample[n].shape for n in names)
             if cur and shapes != cur_shapes:  # a new sample shape starts a new batch
