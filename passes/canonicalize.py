@@ -70,6 +70,10 @@ class Canonicalize(Pass):
 def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     from onnx import version_converter
 
+    if model.ir_version < 4:
+        # IR v3 lists initializers as graph inputs; the IR (and this skeleton) does not, and
+        # the converter then reads them as undefined. From IR v4 on, unlisted is right.
+        model.ir_version = 4
     try:
         return version_converter.convert_version(model, opset)
     except Exception as e:
