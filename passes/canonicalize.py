@@ -210,6 +210,22 @@ def _not_foldable(node) -> bool:
     return node.op in NEVER_FOLD or node.domain not in ("", "ai.onnx", None)
 
 
+def _too_big(node) -> bool:
+    """A node whose inferred output is over FOLD_SIZE_LIMIT (a ConstantOfShape of 2^58
+    elements, say) is not evaluated at all: ONNX Runtime would fail to allocate it, and the
+    partitioned retry would try again for every part of the graph."""
+    for t in node.outputs:
+        shape = getattr(t, "shape", None)
+        if shape and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+            try:
+                itemsize = np.dtype(t.dtype).itemsize
+            except TypeError:
+                itemsize = 4
+            if int(np.prod([int(d) for d in shape], dtype=object)) * itemsize > FOLD_SIZE_LIMIT:
+                return True
+    return False
+
+
 def _nothing_to_fold(ir) -> bool:
     """No node can fold: none reads only constants, and there is no Shape/Size (shape folding),
     Cast (cast elision) or subgraph node. gs.fold_constants copies the whole graph before it
@@ -244,10 +260,17 @@ def _fold_constants(ir, log) -> int:
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
 
+    def exclude(node) -> bool:
+        return _not_foldable(node) or _too_big(node)
+
     def fold(partitioning, error_ok):
         ir.graph.fold_constants(fold_shapes=True, partitioning=partitioning, error_ok=error_ok,
-                                size_threshold=FOLD_SIZE_LIMIT, should_exclude_node=_not_foldable)
+                                size_threshold=FOLD_SIZE_LIMIT, should_exclude_node=exclude)
 
+    import onnxruntime as ort
+
+    # ONNX Runtime logs each failed evaluation in colour on stderr; the one warning below says it
+    ort.set_default_logger_severity(4)
     try:
         try:
             fold(None, False)  # one ONNX Runtime run over all foldable nodes
@@ -261,6 +284,7 @@ def _fold_constants(ir, log) -> int:
                             "in this model (the model will likely fail at run time too)")
     finally:
         gs.logger.G_LOGGER.severity = level
+        ort.set_default_logger_severity(3)  # errors only, as qcompiler's own sessions log
     # Folded values are now Constants; their producer nodes are dead and the manager drops them.
     from qcompiler.ir.toposort import live_nodes
 

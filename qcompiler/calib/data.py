@@ -464,6 +464,36 @@ class _Checker:
             yield {n: a[i] for n, a in prepared.items()}
 
 
+_WARNED: set = set()
+
+
+def _warn_once(msg: str, *args) -> None:
+    """A build loads its calibration data several times (checks, calibration, evaluation):
+    say each thing once."""
+    text = msg % args
+    if text not in _WARNED:
+        _WARNED.add(text)
+        log.warning(text)
+
+
+def _check_orientation(pre, sample_image: str) -> None:
+    """resize = [h, w] is height first: landscape images made portrait (or the reverse) are
+    usually [w, h] given by mistake, which a model with dynamic H/W would take silently."""
+    if pre is None or not isinstance(pre.resize, tuple) or pre.resize[0] == pre.resize[1]:
+        return
+    try:
+        from PIL import Image
+
+        with Image.open(sample_image) as im:
+            w, h = im.size
+    except Exception:  # undecodable: load_image names the file later
+        return
+    if h != w and (h > w) != (pre.resize[0] > pre.resize[1]):
+        _warn_once("preprocess resize %s is [height, width]: it turns the %dx%d (HxW) image '%s' %s; "
+                   "if you meant [width, height], swap the values", list(pre.resize), h, w, sample_image,
+                   "portrait" if pre.resize[0] > pre.resize[1] else "landscape")
+
+
 def _check_finite(sample: dict[str, np.ndarray], index: int, origin: str, specs=None) -> None:
     for name, a in sample.items():
         want = np.dtype(specs[name][1]) if specs and name in specs else None
@@ -584,6 +614,12 @@ def load_calibration(
     bs, fixed_batch = _resolve_batch_size(specs, batch_size)
     src = open_source(source, preprocess)
     is_images = isinstance(src, ImageFolderSource)
+    if preprocess is not None and not is_images:
+        raise CalibrationError(
+            f"a preprocess config is for calibration images, but '{src.description}' holds arrays, "
+            "which are fed to the model as they are",
+            "drop --preprocess, or give a folder of images",
+        )
     if is_images:
         if len(specs) != 1:
             raise CalibrationError(
@@ -600,11 +636,13 @@ def load_calibration(
                     f"{format_shape(shape)}, which does not look like NCHW or NHWC with 1 or 3 channels",
                     "give preprocess (resize, crop, mean, std, layout, color) as a dict or a .json/.toml file",
                 )
-            log.warning(
+            _warn_once(
                 "no preprocess given for calibration images; using %s "
                 "(no mean/std normalisation: pass a preprocess config if the model expects one)",
                 src.preprocess,
             )
+    if is_images and src.files:
+        _check_orientation(src.preprocess, src.files[0])
     checker = _Checker(specs, is_images)
 
     def sample_stream() -> Iterator[tuple[dict[str, np.ndarray], str]]:

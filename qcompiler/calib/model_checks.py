@@ -38,6 +38,13 @@ def check_calibratable(model: onnx.ModelProto, path) -> None:
         if not vi.type.HasField("tensor_type"):
             raise ModelError(f"model input '{vi.name}' is not a tensor (a sequence or map)",
                              "calibration feeds tensors; export the model with tensor inputs")
+        if not tt.HasField("shape"):
+            raise ModelError(f"model input '{vi.name}' has no shape (unknown rank): calibration data cannot be "
+                             "checked against it", "give the input a shape in the model (re-export it, or set it "
+                             "with onnx.tools.update_model_dims)")
+        if len(tt.shape.dim) == 0:
+            raise ModelError(f"model input '{vi.name}' is a scalar (rank 0): calibration feeds samples along a "
+                             "first axis", f"export the model with a batch axis on '{vi.name}'")
         if tt.elem_type and tt.elem_type not in _NUMERIC:
             kind = TensorProto.DataType.Name(tt.elem_type).lower()
             raise ModelError(f"model input '{vi.name}' has type {kind}, which calibration data cannot hold",

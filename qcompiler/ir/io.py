@@ -702,6 +702,8 @@ def ort_session(source: Union[onnx.ModelProto, IR], options=None, providers=("CP
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # errors only: no coloured optimizer warnings among qcompiler's lines
+
     if isinstance(source, IR):
         data, lazy = _ir_data_bytes(source)
         to_file = lazy or data > SESSION_FILE_BYTES
