@@ -157,8 +157,8 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
     if not quiet:
         from .report import summarize
 
-        for line in summarize(result.report):
-            _echo_err(line)
+        for line in summarize(result.report):  # the result: stdout (progress and diagnostics: stderr)
+            click.echo(line)
         _echo_err(f"wrote {out}")
 
 
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
         return 130
     except click.ClickException as e:
         command = args[0] if args and args[0] in cli.commands else ""
-        _echo_err(f"error: {e.format_message()} (see 'qcompiler {command} --help')".replace("  ", " "))
+        _echo_err(f"error: {e.format_message()} (hint: see 'qcompiler {command} --help')".replace("  ", " "))
         return 2
     except KeyboardInterrupt:
         _echo_err("error: interrupted")

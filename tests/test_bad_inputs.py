@@ -537,7 +537,7 @@ def _():
     return build(save(good_model()), "--calib")
 
 
-@case("unknown-command", "No such command 'bulid'. Did you mean 'build'? (see 'qcompiler --help')")
+@case("unknown-command", "No such command 'bulid'. Did you mean 'build'? (hint: see 'qcompiler --help')")
 def _():
     return ["bulid", "in/model.onnx"]
 
