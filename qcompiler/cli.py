@@ -111,7 +111,7 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
 
         if avx2_without_vnni():
             _echo_err(f"warning: {X86_HINT}")
-    out = Path(output) if output else model_path.with_name(
+    out = output if output is not None else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
     plan = _build_plan(model_path, force, calib, target, preprocess, plugin, extra_options)
     out = plan.file(out, "output", "-o")

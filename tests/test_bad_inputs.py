@@ -626,6 +626,7 @@ def test_bad_input(c: Case, workdir: Path, capsys):
     assert "Traceback" not in err + out
     assert len(errors) == 1, err
     assert c.fragment in errors[0], errors[0]
+    assert "(hint: " in errors[0] and errors[0].endswith(")"), errors[0]
     assert rc == c.code, err
     assert files_under(workdir / "out") == [], "output left behind"
     assert hash_tree(workdir / "in") == before, "an input file changed"

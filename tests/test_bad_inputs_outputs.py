@@ -263,7 +263,7 @@ def _():
     return quant("--report", "out/r.json", "--force")
 
 
-@case("build-report-is-folder", G, "report 'out' is a folder")
+@case("build-report-is-folder", G, "File 'out' is a directory")
 def _():
     return quant("--report", "out")
 
@@ -343,12 +343,12 @@ def _():
     return mixed("--min-sqnr", "10", "-o", "out/x.json", "--report", "out/x.json")
 
 
-@case("mp-o-is-folder", G, "is a folder")
+@case("mp-o-is-folder", G, "File 'out' is a directory")
 def _():
     return mixed("--min-sqnr", "10", "-o", "out")
 
 
-@case("analyze-out-is-file", G, "output folder 'in/calib.npy' is a file")
+@case("analyze-out-is-file", G, "Directory 'in/calib.npy' is a file")
 def _():
     return analyze("--out", "in/calib.npy")
 
@@ -437,9 +437,9 @@ def _():
     return ["run", program(), "--input", data(dtype=np.complex64), "-o", "out/y.npy"]
 
 
-@case("run-bool-data", R, "has dtype bool, but the program takes float32")
+@case("run-text-data", R, "has dtype <U1, not a number type")
 def _():
-    np.save("in/x.npy", np.zeros(SHAPE, bool))
+    np.save("in/x.npy", np.full(SHAPE, "a"))
     return ["run", program(), "--input", "in/x.npy", "-o", "out/y.npy"]
 
 
@@ -493,7 +493,7 @@ def _():
     return ["run", "in/nope.qprog", "--input", data(), "-o", "out/y.npy"]
 
 
-@case("run-program-is-plain-model", R, "in/model.onnx")
+@case("run-program-is-plain-model", R, "is not a qcompiler program")
 def _():
     return ["run", model(), "--input", data(), "-o", "out/y.npy"]
 

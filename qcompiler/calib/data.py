@@ -615,6 +615,7 @@ def load_calibration(
     src = open_source(source, preprocess)
     is_images = isinstance(src, ImageFolderSource)
     if preprocess is not None and not is_images:
+        load_preprocess(preprocess)  # a broken config is named first
         raise CalibrationError(
             f"a preprocess config is for calibration images, but '{src.description}' holds arrays, "
             "which are fed to the model as they are",
