@@ -460,8 +460,34 @@ class _Checker:
                 + ", ".join(f"'{n}' has {c}" for n, c in counts.items()),
                 "give every input the same number of samples",
             )
+        mapped = [a for a in prepared.values() if isinstance(a, np.memmap)]
         for i in range(next(iter(counts.values()))):
-            yield {n: a[i] for n, a in prepared.items()}
+            if not mapped:
+                yield {n: a[i] for n, a in prepared.items()}
+                continue
+            yield {n: np.array(a[i]) if isinstance(a, np.memmap) else a[i] for n, a in prepared.items()}
+            if i % 8 == 7:
+                for a in mapped:
+                    _drop_pages(a, i + 1)
+
+
+def _drop_pages(a: np.memmap, count: int) -> None:
+    """Release the pages of the first `count` samples of a memory-mapped array once they
+    are copied: mapped pages that were read count as the process's memory until it ends,
+    which would make peak memory grow with the sample count after all."""
+    import mmap
+
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not a.flags.c_contiguous or a.ndim == 0:
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data
+        end = a.ctypes.data - base + count * a.strides[0]
+        length = end - end % mmap.PAGESIZE
+        if length > 0:
+            mm.madvise(mmap.MADV_DONTNEED, 0, length)
+    except (ValueError, OSError, AttributeError):  # an optimisation only
+        pass
 
 
 _WARNED: set = set()
