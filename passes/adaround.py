@@ -26,6 +26,7 @@ Options (build options):
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -77,7 +78,7 @@ class AdaRound(Pass):
         act_qp = {t: ir.ann.qparams[t] for t in plan.tensors if t in ir.ann.qparams}
         results, not_reached, rows_used = {}, [], {}
         bar_mod = None
-        if progress:
+        if progress and sys.stderr.isatty():  # bars on a terminal only: in a log they leave fragments
             from tqdm import tqdm as bar_mod
         for group in _groups(ir, layers, max_rows):
             if deadline is not None and time.perf_counter() > deadline:

@@ -26,7 +26,7 @@ class Canonicalize(Pass):
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
-        min_opset = int(ctx.option("min_opset", TARGET_OPSET))
+        min_opset = max(int(ctx.option("min_opset", TARGET_OPSET)), _target_opset(ctx.target))
         changed = False
         before = ir.opset
         # Opset upgrade and shape inference see the model without its weight data (a few KB
@@ -70,6 +70,10 @@ class Canonicalize(Pass):
 def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     from onnx import version_converter
 
+    if model.ir_version < 4:
+        # IR v3 lists initializers as graph inputs; the IR (and this skeleton) does not, and
+        # the converter then reads them as undefined. From IR v4 on, unlisted is right.
+        model.ir_version = 4
     try:
         return version_converter.convert_version(model, opset)
     except Exception as e:
@@ -206,6 +210,22 @@ def _not_foldable(node) -> bool:
     return node.op in NEVER_FOLD or node.domain not in ("", "ai.onnx", None)
 
 
+def _too_big(node) -> bool:
+    """A node whose inferred output is over FOLD_SIZE_LIMIT (a ConstantOfShape of 2^58
+    elements, say) is not evaluated at all: ONNX Runtime would fail to allocate it, and the
+    partitioned retry would try again for every part of the graph."""
+    for t in node.outputs:
+        shape = getattr(t, "shape", None)
+        if shape and all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+            try:
+                itemsize = np.dtype(t.dtype).itemsize
+            except TypeError:
+                itemsize = 4
+            if int(np.prod([int(d) for d in shape], dtype=object)) * itemsize > FOLD_SIZE_LIMIT:
+                return True
+    return False
+
+
 def _nothing_to_fold(ir) -> bool:
     """No node can fold: none reads only constants, and there is no Shape/Size (shape folding),
     Cast (cast elision) or subgraph node. gs.fold_constants copies the whole graph before it
@@ -240,10 +260,17 @@ def _fold_constants(ir, log) -> int:
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
 
+    def exclude(node) -> bool:
+        return _not_foldable(node) or _too_big(node)
+
     def fold(partitioning, error_ok):
         ir.graph.fold_constants(fold_shapes=True, partitioning=partitioning, error_ok=error_ok,
-                                size_threshold=FOLD_SIZE_LIMIT, should_exclude_node=_not_foldable)
+                                size_threshold=FOLD_SIZE_LIMIT, should_exclude_node=exclude)
 
+    import onnxruntime as ort
+
+    # ONNX Runtime logs each failed evaluation in colour on stderr; the one warning below says it
+    ort.set_default_logger_severity(4)
     try:
         try:
             fold(None, False)  # one ONNX Runtime run over all foldable nodes
@@ -257,8 +284,20 @@ def _fold_constants(ir, log) -> int:
                             "in this model (the model will likely fail at run time too)")
     finally:
         gs.logger.G_LOGGER.severity = level
+        ort.set_default_logger_severity(3)  # errors only, as qcompiler's own sessions log
     # Folded values are now Constants; their producer nodes are dead and the manager drops them.
     from qcompiler.ir.toposort import live_nodes
 
     live = live_nodes(ir.graph)
     return before - sum(1 for n in ir.graph.nodes if id(n) in live)
+
+
+def _target_opset(target) -> int:
+    """The opset a target's own types need: QuantizeLinear takes 4- and 16-bit types from
+    opset 21 (a custom target may declare `activation int16` or `weight uint4`)."""
+    if target is None or not hasattr(target, "activation"):
+        return TARGET_OPSET
+    from qcompiler.advanced.precision import OPSET_FOR_DTYPE
+
+    schemes = [target.activation, target.weight, target.bias, *getattr(target, "overrides", ())]
+    return max([OPSET_FOR_DTYPE.get(s.dtype, TARGET_OPSET) for s in schemes if s is not None] or [TARGET_OPSET])

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,6 @@ import click
 
 from . import __version__
 from .errors import QCompilerError, UsageError
-from .ir.io import check_writable
 
 
 def accuracy_build_options(f):
@@ -120,18 +118,21 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
 
         if avx2_without_vnni():
             _echo_err(f"warning: {X86_HINT}")
-    out = Path(output) if output else model_path.with_name(
+    out = output if output is not None else model_path.with_name(
         model_path.stem + (f".{Path(target).stem}" if target else ".opt") + ".onnx")
-    inputs = [model_path, calib, target, preprocess, *plugin]
-    if emit == "c":
-        out = _c_output(model_path, output, target, force, inputs)
-    elif out.is_dir():  # -o accepts folders for --emit c only
-        raise UsageError(f"output '{out}' is a directory", "give a file name for -o (a folder only with --emit c)")
+    plan = _build_plan(model_path, force, calib, target, preprocess, plugin, extra_options)
+    if emit == "c":  # --emit c writes a library folder (qcompiler.codegen)
+        if target is None:
+            raise UsageError("--emit c needs a target", "pass --target (e.g. x86, arm64, arm64-dot)")
+        out = plan.folder(output if output else model_path.with_name(f"{model_path.stem}.{Path(target).stem}_c"),
+                          ["*"], "C library folder", "-o")
     else:
-        _check_output(model_path, out, force, inputs[1:])
-    report = Path(report_path) if report_path else None
-    if report is not None:
-        _check_report(report, out, inputs, force)
+        out = plan.file(out, "output", "-o")
+    report = plan.file(report_path, "report", "--report") if report_path else None
+    if dump_dir:
+        from .pipeline.dumps import DUMP_FILES
+
+        plan.folder(dump_dir, DUMP_FILES, "dump folder", "--dump-dir")
     calib_fn = None
     if calib is not None:
         calib_fn = _calibration_source(model_path, calib, calib_samples, batch_size, preprocess)
@@ -139,7 +140,7 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
                "warn_sqnr": warn_sqnr}
     options.update(acc_options)
     echo = None if quiet else _echo_err
-    names = pipeline.split(",") if pipeline else None
+    names = pipeline.split(",") if pipeline is not None else None  # '' is an empty pipeline, refused
     extra = {}
     if acc_options:  # data-free, equalization, bias correction, mixed precision, overrides
         from .accuracy.hooks import prepare_build
@@ -161,26 +162,19 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
                    add_passes=add_pass, plugins=plugin, calib=calib_fn, dump_dir=dump_dir,
                    options=options, keep_going=keep_going, echo=echo)
     result.report.update(extra)
-    report_tmp = None
-    try:
-        if report is not None:  # written first, renamed into place only once the model is saved
-            report_tmp = _write_temp(report, json.dumps(result.report, indent=2, sort_keys=True,
-                                                        default=_jsonable) + "\n")
-        if emit == "c":
-            _write_c_library(result.model, out, calib_fn, force)
-        else:
-            save_model(result.model, out, force=force)
-        if report_tmp is not None:
-            os.replace(report_tmp, report)
-            report_tmp = None
-    finally:
-        if report_tmp is not None and report_tmp.exists():
-            report_tmp.unlink()
+    from .outputs import staged
     from .report import low_sqnr_warning, summarize
 
+    with staged(*([report] if report else []), what="report") as tmps:  # renamed only once the model is saved
+        if report:
+            tmps[0].write_text(json.dumps(result.report, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        if emit == "c":
+            _write_c_library(result.model, out, calib_fn)
+        else:
+            save_model(result.model, out, force=force)
     if not quiet:
-        for line in summarize(result.report):
-            _echo_err(line)
+        for line in summarize(result.report):  # the result: stdout (progress and diagnostics: stderr)
+            click.echo(line)
     warning = low_sqnr_warning(result.report, model_path)
     if warning:
         _echo_err(warning)
@@ -189,21 +183,7 @@ def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib
 
 
 # ---- --emit c: the lowered program becomes a C library folder (qcompiler.codegen)
-def _c_output(model_path: Path, output, target, force: bool, inputs) -> Path:
-    if target is None:
-        raise UsageError("--emit c needs a target", "pass --target (e.g. x86, arm64, arm64-dot)")
-    out = Path(output) if output else model_path.with_name(f"{model_path.stem}.{Path(target).stem}_c")
-    for i in inputs:
-        if i and _same_file(out, Path(i)):
-            raise UsageError(f"output '{out}' is an input of the build", "choose another -o folder")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output '{out}' is a file; --emit c writes a folder", "give a folder path with -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"output folder '{out}' is not empty", "pass --force to overwrite its files")
-    return out
-
-
-def _write_c_library(program_model, out: Path, calib_fn, force: bool) -> None:
+def _write_c_library(program_model, out: Path, calib_fn) -> None:
     from .codegen import generate, write_library
     from .codegen.shapes import open_dims_from
     from .lowering.program import program_from_onnx
@@ -225,49 +205,17 @@ def _jsonable(o):
     return str(o)
 
 
-def _check_output(model_path: Path, out: Path, force: bool, other_inputs=()) -> None:
-    if model_path.exists() and out.exists() and os.path.samefile(model_path, out):
-        raise UsageError(f"output '{out}' is the input model", "choose another -o path; the input is never overwritten")
-    for i in other_inputs:
-        if i and _same_file(out, Path(i)):
-            raise UsageError(f"output '{out}' is an input of the build" + (f" ('{i}')" if str(i) != str(out) else ""),
-                             "choose another -o path; inputs are never overwritten")
-    check_writable(out, force)
+def _build_plan(model_path: Path, force: bool, calib, target, preprocess, plugins, extra):
+    """What a build reads, so that none of it is ever written."""
+    from .outputs import OutputPlan
 
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_report(report: Path, out: Path, inputs, force: bool) -> None:
-    """The --report path: never an input, never the output model, --force to overwrite."""
-    if report.is_dir():
-        raise UsageError(f"report '{report}' is a folder", "give a file name for --report")
-    model, *others = inputs
-    if _same_file(report, Path(model)):
-        raise UsageError(f"report '{report}' is the input model", "choose another --report path")
-    for i in others:
-        if i and _same_file(report, Path(i)):
-            raise UsageError(f"report '{report}' is an input of the build" + (f" ('{i}')" if str(i) != str(report) else ""),
-                             "choose another --report path")
-    if os.path.abspath(report) == os.path.abspath(out) or _same_file(report, out):
-        raise UsageError(f"--report and the output model are the same file '{report}'",
-                         "choose another --report path")
-    check_writable(report, force, what="report", hint="choose another --report path")
-
-
-def _write_temp(path: Path, text: str) -> Path:
-    """Write text to a temporary file next to `path` and return it (the caller renames it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    from .ir.io import default_file_mode
-
-    os.chmod(tmp, default_file_mode())
-    return Path(tmp)
+    plan = OutputPlan("build", force)
+    plan.input(model_path, "the input model")
+    for path in (calib, target, preprocess, *plugins, extra.get("overrides"), extra.get("eval_data"),
+                 extra.get("analysis"), extra.get("layer_dtypes")):
+        if path and os.path.exists(path):
+            plan.input(path)
+    return plan
 
 
 def _calibration_source(model_path, calib, samples, batch_size, preprocess):
@@ -275,7 +223,11 @@ def _calibration_source(model_path, calib, samples, batch_size, preprocess):
     from .ir import read_model
     from .calib.specs import input_specs
 
-    specs = input_specs(read_model(model_path, lazy=True))  # the inputs only: weights stay in their files
+    from .calib.model_checks import check_calibratable
+
+    model = read_model(model_path, lazy=True)  # the inputs only: weights stay in their files
+    check_calibratable(model, model_path)
+    specs = input_specs(model)
     def fresh():
         return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=preprocess)
 
@@ -362,11 +314,15 @@ def _lines_of(path):
                    "compiler (cached) and run through ctypes.")
 def run_cmd(program, input_path, output, force, backend):
     """Execute a lowered program (--emit program) with the integer reference interpreter."""
-    from .lowering.verify import run_program_files
+    from .outputs import OutputPlan
+    from .program_files import run_to_file
 
-    outs = run_program_files(program, input_path, output, force=force, backend=backend)
+    plan = OutputPlan("run", force)
+    plan.input(program, "the program")
+    plan.input(input_path)
+    outs = run_to_file(program, input_path, plan.file(output, "output", "-o"), backend=backend)
     for name, value in outs.items():
-        _echo_err(f"{name}: {value.dtype}{list(value.shape)}")
+        click.echo(f"{name}: {value.dtype}{list(value.shape)}")
     _echo_err(f"wrote {output}")
 
 
@@ -380,7 +336,9 @@ def verify_cmd(program, qdq_model, data, task):
     """Run PROGRAM and QDQ_MODEL (in ONNX Runtime) on the same inputs and report agreement."""
     from .errors import QCompilerError
     from .lowering.verify import verify_files
+    from .program_files import check_data_for
 
+    check_data_for(program, data)
     rep = verify_files(program, qdq_model, data, task=task)
     click.echo(rep.format())
     if not rep.ok():
@@ -433,9 +391,15 @@ def main(argv=None) -> int:
     verbose = "--verbose" in args
     args = [a for a in args if a != "--verbose"]
     _setup_logging(verbose)
+    from .interrupts import Terminated, terminate_as_interrupt
+
     try:
-        rv = cli.main(args=args, prog_name="qcompiler", standalone_mode=False)
+        with terminate_as_interrupt():
+            rv = cli.main(args=args, prog_name="qcompiler", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
+    except Terminated as e:
+        _echo_err("error: terminated")
+        return 128 + e.signum
     except QCompilerError as e:
         if debug:
             traceback.print_exc()
@@ -443,15 +407,22 @@ def main(argv=None) -> int:
         return e.exit_code
     except click.exceptions.Abort as e:
         # click turns Ctrl-C (KeyboardInterrupt) into Abort; say what happened
+        if isinstance(e.__context__, Terminated):
+            _echo_err("error: terminated")
+            return 128 + e.__context__.signum
         _echo_err("error: interrupted" if isinstance(e.__context__, KeyboardInterrupt) else "error: aborted")
         return 130
     except click.ClickException as e:
         command = args[0] if args and args[0] in cli.commands else ""
-        _echo_err(f"error: {e.format_message()} (see 'qcompiler {command} --help')".replace("  ", " "))
+        _echo_err(f"error: {e.format_message()} (hint: see 'qcompiler {command} --help')".replace("  ", " "))
         return 2
     except KeyboardInterrupt:
         _echo_err("error: interrupted")
         return 130
+    except SystemExit as e:  # code qcompiler loaded (a metric, a plugin) tried to end the process
+        _echo_err(f"error: code loaded by qcompiler called sys.exit({e.code!r}) (hint: a plugin or metric must "
+                  "raise an exception instead of exiting)")
+        return 2
     except Exception as e:  # a bug in qcompiler, not in the input: still one line unless --debug
         if debug:
             traceback.print_exc()

@@ -537,7 +537,7 @@ def _():
     return build(save(good_model()), "--calib")
 
 
-@case("unknown-command", "No such command 'bulid'. Did you mean 'build'? (see 'qcompiler --help')")
+@case("unknown-command", "No such command 'bulid'. Did you mean 'build'? (hint: see 'qcompiler --help')")
 def _():
     return ["bulid", "in/model.onnx"]
 
@@ -577,7 +577,7 @@ def _():
     return build(save(good_model()), "--calib", calib(), "--report", "in/model.onnx")
 
 
-@case("report-is-output", "--report and the output")
+@case("report-is-output", "--report and -o name the same file")
 def _():
     return build(save(good_model()), "--calib", calib(), "--report", OUT)
 
@@ -626,6 +626,7 @@ def test_bad_input(c: Case, workdir: Path, capsys):
     assert "Traceback" not in err + out
     assert len(errors) == 1, err
     assert c.fragment in errors[0], errors[0]
+    assert "(hint: " in errors[0] and errors[0].endswith(")"), errors[0]
     assert rc == c.code, err
     assert files_under(workdir / "out") == [], "output left behind"
     assert hash_tree(workdir / "in") == before, "an input file changed"
@@ -746,7 +747,7 @@ def test_unwritable_output_folder(workdir: Path, capsys, monkeypatch):
         before = hash_tree(workdir / "in")
         rc, _, err = run_cli(build(model, out="out/ro/m.onnx"), capsys)
         assert rc == 2
-        assert error_lines(err) == ["error: output folder 'out/ro' is not writable (hint: choose another output path)"]
+        assert error_lines(err) == ["error: output folder 'out/ro' is not writable (hint: choose another -o path)"]
         assert files_under(workdir / "out") == []
         assert hash_tree(workdir / "in") == before
     finally:

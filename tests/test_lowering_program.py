@@ -211,7 +211,8 @@ def test_cli_entry_points(tmp_path):
     from qcompiler.build import build
     from qcompiler.ir.io import save_model
     from qcompiler.lowering.lower import program_exporter
-    from qcompiler.lowering.verify import run_program_files, verify_files
+    from qcompiler.lowering.verify import verify_files
+    from qcompiler.program_files import run_to_file
     from test_lowering_models import small_net
 
     data = inputs(8, seed=50)
@@ -228,13 +229,13 @@ def test_cli_entry_points(tmp_path):
     d.mkdir()
     for i, x in enumerate(inputs(4, seed=9)):
         np.save(d / f"x{i}.npy", x)
-    outs = run_program_files(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "y.npy")
+    outs = run_to_file(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "y.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), next(iter(outs.values())))
-    run_program_files(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "y.npz")
+    run_to_file(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "y.npz")
     assert list(np.load(tmp_path / "y.npz").keys()) == list(outs)
     rep = verify_files(tmp_path / "m.program.onnx", tmp_path / "m.qdq.onnx", d)
     assert rep.samples == 4 and rep.ok(), rep.format()
     with pytest.raises(UsageError, match="one input file"):
-        run_program_files(tmp_path / "m.program.onnx", d, tmp_path / "z.npy")
+        run_to_file(tmp_path / "m.program.onnx", d, tmp_path / "z.npy")
     with pytest.raises(UsageError, match=r"\.npy or \.npz"):
-        run_program_files(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "z.txt")
+        run_to_file(tmp_path / "m.program.onnx", d / "x0.npy", tmp_path / "z.txt")

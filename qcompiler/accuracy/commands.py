@@ -30,11 +30,13 @@ def calibration_source(model_path, calib, samples=None, batch_size=1, preprocess
     from qcompiler.calib.specs import input_specs
     from qcompiler.ir import read_model
 
-    specs = input_specs(read_model(model_path))
-    pre = json.loads(Path(preprocess).read_text()) if preprocess else None
+    from qcompiler.calib.model_checks import check_calibratable
 
-    def fresh():
-        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=pre)
+    model = read_model(model_path, lazy=True)
+    check_calibratable(model, model_path)
+    specs = input_specs(model)
+    def fresh():  # the preprocess file is read and checked by load_calibration, as in build
+        return load_calibration(calib, specs, samples=samples, batch_size=batch_size, preprocess=preprocess)
 
     fresh()  # checks names, shapes and dtypes up front
     return fresh
@@ -70,6 +72,16 @@ def data_free_options(data_free: bool, input_range, input_stats, bn_sigmas) -> D
     if bn_sigmas is not None:
         opts["bn_sigmas"] = float(bn_sigmas)
     return opts
+
+
+def check_budget(min_sqnr, max_drop) -> None:
+    """nan or inf would make every comparison false: every layer float, or none."""
+    import math
+
+    for flag, value in (("--min-sqnr", min_sqnr), ("--max-drop", max_drop)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{flag} {value} is not a finite number", f"e.g. {flag} " +
+                             ("30" if flag == "--min-sqnr" else "0.5"))
 
 
 # ---------------------------------------------------------------------------- build options
@@ -123,6 +135,7 @@ def build_options_to_dict(data_free=False, equalize=None, bias_correction=None, 
         opts["equalize"] = bool(equalize)
     if bias_correction is not None:
         opts["bias_correction"] = bool(bias_correction)
+    check_budget(min_sqnr, max_drop)
     if min_sqnr is not None:
         opts["min_sqnr"] = float(min_sqnr)
     if max_drop is not None:
@@ -197,6 +210,13 @@ def analyze_command(model, target, calib, calib_samples=None, batch_size=1, prep
     """`qcompiler analyze`: prints the table, writes JSON/Markdown/plots to `out`."""
     from .sensitivity import analyze, format_table, write_reports
 
+    if out and plots:
+        from .plots import have_matplotlib
+
+        if not have_matplotlib():  # said before the work, not after it
+            _echo_err("warning: no plots: matplotlib is not installed (pip install 'qcompiler[plots]', "
+                      "or pass --no-plots); the tables are written")
+            plots = False
     source, options = _setup(model, target, calib, calib_samples, batch_size, preprocess, method, data_free,
                              input_range, keep_float)
     res = analyze(model, target, source, options=options, eval_batches=eval_batches, layers=layers,
@@ -213,12 +233,15 @@ def mixed_precision_command(model, target, calib, min_sqnr=None, max_drop=None, 
                             data_free=False, input_range=None, keep_float=(), output=None, report=None, quiet=False,
                             echo=click.echo, eval_data=None, analysis=None) -> Dict:
     """`qcompiler mixed-precision`: search, print, write the override config (and report)."""
+    from qcompiler.outputs import staged
+
     from .hooks import load_metric
     from .mixed_precision import format_mixed, mixed_precision
     from .sensitivity import _clean
 
     if min_sqnr is None and max_drop is None:
         raise UsageError("give a budget", "--min-sqnr DB or --max-drop D")
+    check_budget(min_sqnr, max_drop)
     source, options = _setup(model, target, calib, calib_samples, batch_size, preprocess, method, data_free,
                              input_range, keep_float)
     rep = mixed_precision(model, target, source, min_sqnr=min_sqnr, max_drop=max_drop, metric=load_metric(metric),
@@ -226,13 +249,30 @@ def mixed_precision_command(model, target, calib, min_sqnr=None, max_drop=None, 
                           progress=None if quiet else _echo_err, eval_data=_eval_data(eval_data, model),
                           sensitivity=analysis)
     echo(format_mixed(rep))
+    files = [p for p in (output, report) if p]
+    with staged(*files) as tmps:  # the override file and its report are written together
+        if output:
+            cfg = {"keep_float": list(keep_float) + rep["keep_float"], "layers": {}}
+            tmps[0].write_text(json.dumps(cfg, indent=2) + "\n")
+        if report:
+            tmps[-1].write_text(json.dumps(_clean(rep), indent=2) + "\n")
     if output:
-        cfg = {"keep_float": list(keep_float) + rep["keep_float"], "layers": {}}
-        Path(output).write_text(json.dumps(cfg, indent=2) + "\n")
         _echo_err(f"wrote {output} (use it with: qcompiler build --overrides {output})")
-    if report:
-        Path(report).write_text(json.dumps(_clean(rep), indent=2) + "\n")
     return rep
+
+
+def _plan(command, force, model, *inputs):
+    """The output check of a command: its inputs are never written."""
+    import os
+
+    from qcompiler.outputs import OutputPlan
+
+    plan = OutputPlan(command, force)
+    plan.input(model, "the input model")
+    for path in inputs:
+        if path and os.path.exists(path):
+            plan.input(path)
+    return plan
 
 
 def register(cli_group) -> None:
@@ -244,9 +284,14 @@ def register(cli_group) -> None:
                   help="Write analysis.json, analysis.md and plots (PNG) into this folder.")
     @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in the terminal table.")
     @click.option("--plots/--no-plots", default=True, show_default=True, help="PNG plots in --out (needs matplotlib).")
+    @click.option("--force", is_flag=True, help="Replace analysis files already in --out.")
     def analyze_cmd(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, eval_data, method,
-                    layers, data_free, input_range, keep_float, quiet, out, top, plots):
+                    layers, data_free, input_range, keep_float, quiet, out, top, plots, force):
         """Per-layer quantization sensitivity, range statistics and abnormal-layer flags of MODEL."""
+        from .sensitivity import REPORT_FILES
+
+        if out is not None:
+            _plan("analysis", force, model, target, calib, preprocess, eval_data).folder(out, REPORT_FILES)
         analyze_command(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, method, layers,
                         data_free, input_range, keep_float, out, top, plots, quiet, eval_data=eval_data)
 
@@ -262,10 +307,16 @@ def register(cli_group) -> None:
     @click.option("-o", "--output", type=click.Path(dir_okay=False),
                   help="Write the layers to keep float as an override JSON for 'build --overrides'.")
     @click.option("--report", "report", type=click.Path(dir_okay=False), help="Write the search report as JSON.")
+    @click.option("--force", is_flag=True, help="Overwrite existing -o and --report files.")
     def mixed_cmd(model, target, calib, calib_samples, batch_size, preprocess, eval_batches, eval_data, method,
                   layers, data_free, input_range, keep_float, quiet, min_sqnr, max_drop, metric, analysis, output,
-                  report):
+                  report, force):
         """Find the fewest layers to keep float so that MODEL meets an accuracy budget."""
+        plan = _plan("search", force, model, target, calib, preprocess, eval_data, analysis)
+        if output is not None:
+            plan.file(output, "output", "-o")
+        if report is not None:
+            plan.file(report, "report", "--report")
         mixed_precision_command(model, target, calib, min_sqnr, max_drop, metric, calib_samples, batch_size,
                                 preprocess, eval_batches, method, layers, data_free, input_range, keep_float,
                                 output, report, quiet, eval_data=eval_data, analysis=analysis)

@@ -64,7 +64,30 @@ def load_metric(spec) -> Optional[Callable]:
     f = getattr(module, fn, None)
     if not callable(f):
         raise UsageError(f"'{fn}' is not a function in '{mod}'", "check --metric module:function")
-    return f
+    return _checked_metric(f, str(spec))
+
+
+def _checked_metric(f: Callable, spec: str) -> Callable:
+    """The user's metric, whose failures and non-numbers are user errors naming it."""
+    import functools
+    import math
+    import numbers
+
+    hint = "a metric is metric(outputs_list, batches) -> float, higher is better"
+
+    @functools.wraps(f)
+    def metric(*args, **kwargs):
+        try:
+            value = f(*args, **kwargs)
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise UsageError(f"--metric '{spec}' failed: {type(e).__name__}: {e}", hint) from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            raise UsageError(f"--metric '{spec}' returned {value!r}, not a finite number", hint)
+        return float(value)
+
+    return metric
 
 
 def prepare_build(model, target, names: Sequence[str], calib, options: Dict,

@@ -25,6 +25,19 @@ def _plt():
     return plt
 
 
+def _save(fig, path, dpi: int) -> None:
+    from qcompiler.outputs import staged
+
+    with staged(path) as (tmp,):
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
+def have_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def plot_sensitivity(res: Dict, path, top: int = 40) -> str:
     """Bars: SQNR with only this layer quantized, and markers: with all but this layer."""
     plt = _plt()
@@ -47,7 +60,7 @@ def plot_sensitivity(res: Dict, path, top: int = 40) -> str:
     ax.set_title(f"per-layer sensitivity, most sensitive first ({res['target']})")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
     return str(path)
 
@@ -91,7 +104,7 @@ def plot_histograms(res: Dict, out_dir, worst: int = 4) -> List[str]:
         fig.suptitle(f"#{r['rank']} {k}", fontsize=9)
         fig.tight_layout()
         name = Path(out_dir) / f"ranges_{i:02d}.png"
-        fig.savefig(name, dpi=100)
+        _save(fig, name, 100)
         plt.close(fig)
         files.append(str(name))
     return files

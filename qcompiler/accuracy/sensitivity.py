@@ -435,12 +435,18 @@ def to_json(res: Dict) -> str:
     return json.dumps(_clean(public(res)), indent=2, default=_json_default)
 
 
+# What `write_reports` may write into its folder (fnmatch patterns), for the output check.
+REPORT_FILES = ("analysis.json", "analysis.md", "sensitivity.png", "ranges_[0-9][0-9].png")
+
+
 def write_reports(res: Dict, out_dir, plots: bool = True, worst: int = 4) -> Dict[str, str]:
     """analysis.json, analysis.md and (with matplotlib) PNG plots in out_dir."""
+    from qcompiler.outputs import write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": str(out / "analysis.json"), "markdown": str(out / "analysis.md")}
-    (out / "analysis.json").write_text(to_json(res) + "\n")
+    write_text(out / "analysis.json", to_json(res) + "\n")
     images: List[str] = []
     if plots:
         from .plots import plot_histograms, plot_sensitivity
@@ -448,7 +454,7 @@ def write_reports(res: Dict, out_dir, plots: bool = True, worst: int = 4) -> Dic
         images.append(plot_sensitivity(res, out / "sensitivity.png"))
         images.extend(plot_histograms(res, out, worst=worst))
         files["plots"] = images
-    (out / "analysis.md").write_text(markdown(res, [Path(i).name for i in images]))
+    write_text(out / "analysis.md", markdown(res, [Path(i).name for i in images]))
     return files
 
 

@@ -100,9 +100,10 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
+    from .npz import load_npz_mapped
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return load_npz_mapped(path)  # mapped, not read: memory stays flat in the sample count
     except Exception as e:
         raise CalibrationError(
             f"cannot read calibration file '{path}': {_reason(e)}",
@@ -129,7 +130,7 @@ class NpyFileSource(CalibSource):
 
 
 class NpzFileSource(CalibSource):
-    """One .npz file: one array per input name, samples along the first axis."""
+    """One .npz file: one array per input name, samples along the first axis (memory-mapped)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
@@ -459,12 +460,77 @@ class _Checker:
                 + ", ".join(f"'{n}' has {c}" for n, c in counts.items()),
                 "give every input the same number of samples",
             )
+        mapped = [a for a in prepared.values() if isinstance(a, np.memmap)]
         for i in range(next(iter(counts.values()))):
-            yield {n: a[i] for n, a in prepared.items()}
+            if not mapped:
+                yield {n: a[i] for n, a in prepared.items()}
+                continue
+            yield {n: np.array(a[i]) if isinstance(a, np.memmap) else a[i] for n, a in prepared.items()}
+            if i % 8 == 7:
+                for a in mapped:
+                    _drop_pages(a, i + 1)
 
 
-def _check_finite(sample: dict[str, np.ndarray], index: int, origin: str) -> None:
+def _drop_pages(a: np.memmap, count: int) -> None:
+    """Release the pages of the first `count` samples of a memory-mapped array once they
+    are copied: mapped pages that were read count as the process's memory until it ends,
+    which would make peak memory grow with the sample count after all."""
+    import mmap
+
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not a.flags.c_contiguous or a.ndim == 0:
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data
+        end = a.ctypes.data - base + count * a.strides[0]
+        length = end - end % mmap.PAGESIZE
+        if length > 0:
+            mm.madvise(mmap.MADV_DONTNEED, 0, length)
+    except (ValueError, OSError, AttributeError):  # an optimisation only
+        pass
+
+
+_WARNED: set = set()
+
+
+def _warn_once(msg: str, *args) -> None:
+    """A build loads its calibration data several times (checks, calibration, evaluation):
+    say each thing once."""
+    text = msg % args
+    if text not in _WARNED:
+        _WARNED.add(text)
+        log.warning(text)
+
+
+def _check_orientation(pre, sample_image: str) -> None:
+    """resize = [h, w] is height first: landscape images made portrait (or the reverse) are
+    usually [w, h] given by mistake, which a model with dynamic H/W would take silently."""
+    if pre is None or not isinstance(pre.resize, tuple) or pre.resize[0] == pre.resize[1]:
+        return
+    try:
+        from PIL import Image
+
+        with Image.open(sample_image) as im:
+            w, h = im.size
+    except Exception:  # undecodable: load_image names the file later
+        return
+    if h != w and (h > w) != (pre.resize[0] > pre.resize[1]):
+        _warn_once("preprocess resize %s is [height, width]: it turns the %dx%d (HxW) image '%s' %s; "
+                   "if you meant [width, height], swap the values", list(pre.resize), h, w, sample_image,
+                   "portrait" if pre.resize[0] > pre.resize[1] else "landscape")
+
+
+def _check_finite(sample: dict[str, np.ndarray], index: int, origin: str, specs=None) -> None:
     for name, a in sample.items():
+        want = np.dtype(specs[name][1]) if specs and name in specs else None
+        if (want is not None and want.kind == "f" and a.dtype.kind == "f" and a.dtype.itemsize > want.itemsize
+                and a.size and np.isfinite(a).all()):
+            big = float(np.abs(a).max())
+            if big > float(np.finfo(want).max):  # the cast to the input's type would make it Inf
+                raise CalibrationError(
+                    f"calibration input '{name}' has values beyond {want}'s range ({big:.3g}) in sample {index} "
+                    f"(from {origin}); the model's input is {want}",
+                    f"scale the data into the model's input range, or drop that sample")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             n_nan = int(np.isnan(a).sum())
             n_inf = int(np.isinf(a).sum())
@@ -574,6 +640,13 @@ def load_calibration(
     bs, fixed_batch = _resolve_batch_size(specs, batch_size)
     src = open_source(source, preprocess)
     is_images = isinstance(src, ImageFolderSource)
+    if preprocess is not None and not is_images:
+        load_preprocess(preprocess)  # a broken config is named first
+        raise CalibrationError(
+            f"a preprocess config is for calibration images, but '{src.description}' holds arrays, "
+            "which are fed to the model as they are",
+            "drop --preprocess, or give a folder of images",
+        )
     if is_images:
         if len(specs) != 1:
             raise CalibrationError(
@@ -590,11 +663,13 @@ def load_calibration(
                     f"{format_shape(shape)}, which does not look like NCHW or NHWC with 1 or 3 channels",
                     "give preprocess (resize, crop, mean, std, layout, color) as a dict or a .json/.toml file",
                 )
-            log.warning(
+            _warn_once(
                 "no preprocess given for calibration images; using %s "
                 "(no mean/std normalisation: pass a preprocess config if the model expects one)",
                 src.preprocess,
             )
+    if is_images and src.files:
+        _check_orientation(src.preprocess, src.files[0])
     checker = _Checker(specs, is_images)
 
     def sample_stream() -> Iterator[tuple[dict[str, np.ndarray], str]]:
@@ -606,7 +681,7 @@ def load_calibration(
     first = next(stream, None)
     if first is None:
         raise CalibrationError(f"calibration data '{src.description}' is empty", _SOURCE_HINT)
-    _check_finite(first[0], 0, first[1])
+    _check_finite(first[0], 0, first[1], specs)
 
     total = src.num_samples
     if samples is not None:
@@ -639,7 +714,7 @@ def load_calibration(
             if samples is not None and index >= samples:
                 break
             if index > 0:
-                _check_finite(sample, index, origin)
+                _check_finite(sample, index, origin, specs)
             index += 1
             shapes = tuple(sample[n].shape for n in names)
             if cur and shapes != cur_shapes:  # a new sample shape starts a new batch

@@ -6,7 +6,6 @@ Every failure to read is a one-line ModelError naming the problem and the fix.
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import tempfile
@@ -361,76 +360,60 @@ def model_size(model: onnx.ModelProto) -> int:
     return data + other + sum(n.ByteSize() for n in model.graph.node)
 
 
-# Write failures that come from the file system, not from a bug in qcompiler.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
-                 errno.ENAMETOOLONG}
-
-
 def default_file_mode() -> int:
-    """The mode a plain open() would give a new file: 0666 less the process umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    """The mode a plain open() would give a new file (see qcompiler.outputs)."""
+    from ..outputs import default_file_mode as mode
+
+    return mode()
 
 
 def check_writable(path: Path, force: bool, what: str = "output",
                    hint: str = "choose another output path") -> Path:
-    """A file may be written at `path`: not there (or --force), in a writable folder.
-    Returns the folder."""
-    if path.exists() and not force:
+    """A file may be written at `path`: a regular file or none (an existing one only with
+    --force), in a writable folder. Returns the folder. Commands check their outputs with
+    qcompiler.outputs.OutputPlan, which also refuses their inputs."""
+    from ..outputs import check_folder, folder_of, special_kind
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} '{path}' is a folder", "give a file name for the output model")
+    kind = special_kind(path)
+    if kind:
+        raise UsageError(f"{what} '{path}' is {kind}, not a regular file", hint)
+    if os.path.lexists(path) and not force:
         raise UsageError(f"{what} '{path}' already exists", "pass --force to overwrite it")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{what} folder '{parent}' does not exist", "create it first")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{what} folder '{parent}' is not writable", hint)
+    parent = folder_of(path)
+    check_folder(parent, what, hint)
     return parent
 
 
 def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: bool = False,
                external_data: bool | None = None) -> Path:
-    """Write atomically: temporary file in the target folder, then rename into place.
+    """Write atomically through qcompiler.outputs.staged: temporary files in the target
+    folder, renamed into place once complete.
 
     External data is used when asked, or automatically when the model is over 2 GB. The
     caller's model is not modified, and no copy of its tensors is made: the proto is
     written without its large tensors, which are streamed into OUT.data one by one.
     """
+    from ..outputs import staged
+
     out = Path(path)
     parent = check_writable(out, force)
-    if out.is_dir():
-        raise UsageError(f"output '{out}' is a folder", "give a file name for the output model")
     use_ext = external_data if external_data is not None else model_size(model) > TWO_GB
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give the output the usual mode
-    ext_name = out.name + ".data"
-    tmp_ext = None
-    try:
-        if use_ext:
-            tmp_ext = parent / f".{ext_name}.tmp"
-            skeleton, layout = external_skeleton(model, ext_name)
-            if layout.entries:  # none when no tensor is over the threshold
-                layout.write(tmp_ext)
-            onnx.save_model(skeleton, tmp)
-            del skeleton
+    if use_ext:
+        ext_name = out.name + ".data"
+        skeleton, layout = external_skeleton(model, ext_name)
+        files = [parent / ext_name, out] if layout.entries else [out]  # no data file without big tensors
+        with staged(*files) as tmps:
             if layout.entries:
-                os.replace(tmp_ext, parent / ext_name)
-            tmp_ext = None
-        else:
-            if _model_data_bytes(model)[1]:  # data left in files (read_model(lazy=True)): read it in
-                model = _inline(*external_skeleton(model, _INLINE, threshold=TWO_GB))
-            onnx.save_model(model, tmp)
-        os.replace(tmp, out)
-    except BaseException as e:
-        for f in (tmp, tmp_ext):
-            if f is not None and os.path.exists(f):
-                os.unlink(f)
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:  # the disk, not a bug
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-            raise UsageError(f"cannot write output '{out}': {e.strerror}",
-                             "free some space or choose another output path" if full
-                             else "choose another output path") from None
-        raise
+                layout.write(tmps[0])
+            onnx.save_model(skeleton, str(tmps[-1]))
+        return out
+    with staged(out) as (tmp,):
+        if _model_data_bytes(model)[1]:  # data left in files (read_model(lazy=True)): read it in
+            model = _inline(*external_skeleton(model, _INLINE, threshold=TWO_GB))
+        onnx.save_model(model, str(tmp))
     return out
 
 
@@ -718,6 +701,8 @@ def ort_session(source: Union[onnx.ModelProto, IR], options=None, providers=("CP
     mapped one (the kernels may round differently without it).
     """
     import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: no coloured optimizer warnings among qcompiler's lines
 
     if isinstance(source, IR):
         data, lazy = _ir_data_bytes(source)

@@ -31,7 +31,7 @@ from .program import DOMAIN, Program
 
 __all__ = ["OutputAgreement", "TensorAgreement", "VerifyReport", "verify_program", "output_steps",
            "integer_outputs", "ort_session",
-           "load_inputs", "run_program_files", "verify_files"]
+           "load_inputs", "verify_files"]
 
 PROB_THRESHOLD = 0.3
 # a float output (no quantization step) counts as "within one step" when the difference
@@ -520,55 +520,6 @@ def _compare_tensors(prog, model, batches, names, substitute, ort_optimization) 
 
 
 # ----------------------------------------------------------------------------- file-level entry points
-
-def run_program_files(program_path, input_path, output_path, force: bool = True,
-                      backend: str = "interpreter") -> Dict[str, np.ndarray]:
-    """`qcompiler run PROG --input x.npy -o y.npy`: load the program, run it on one input
-    file (.npy for a one-input program, .npz with arrays named after the inputs), and write
-    the outputs: a .npy for a one-output program, else a .npz keyed by output name
-    (written atomically). Returns the outputs. backend "c": the program as generated C,
-    compiled with the host compiler (qcompiler.codegen.native), instead of the interpreter."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from .program import load_program
-
-    prog = load_program(program_path)
-    p = Path(input_path)
-    if p.is_dir():
-        raise UsageError(f"'{p}' is a folder; 'run' takes one input file", "give a .npy or .npz file")
-    batch = load_inputs(str(p), prog.inputs)[0]
-    if backend == "c":
-        from ..codegen.native import run_c
-
-        outs = run_c(prog, batch)
-    else:
-        outs = run_program(prog, batch)
-    out = Path(output_path)
-    if out.exists() and not force:
-        raise UsageError(f"output '{out}' already exists", "pass --force to overwrite it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output folder '{parent}' does not exist", "create it first")
-    if out.suffix == ".npy" and len(outs) != 1:
-        raise UsageError(f"the program has {len(outs)} outputs; a .npy holds one", "give -o a .npz path")
-    if out.suffix not in (".npy", ".npz"):
-        raise UsageError(f"output '{out}' must end in .npy or .npz", "name the output file x.npy or x.npz")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=parent)
-    os.close(fd)
-    try:
-        if out.suffix == ".npy":
-            np.save(tmp, next(iter(outs.values())))
-        else:
-            np.savez(tmp, **outs)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return outs
-
 
 def verify_files(program_path, qdq_path, data_path, task: str = "auto", ort_optimization: str = "disabled",
                  layerwise: bool = True) -> VerifyReport:

@@ -1,6 +1,7 @@
 """Per-pass dumps: after each pass, NN-<pass>.onnx (opens in Netron), NN-<pass>.txt
 (the printer) and NN-<pass>.diff (against the previous step), plus index.json/index.txt
 with timings. On failure, failed.txt names the pass; the last good IR is the last dump.
+Every file goes through the output gateway (qcompiler.outputs): written whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from ..errors import UsageError
 from ..ir.diff import diff_node_lines, format_diff
 from ..ir.io import ir_to_model
 from ..ir.printer import format_ir, node_lines
+from ..outputs import staged, write_text
+
+# The files a dump folder holds (fnmatch patterns): the build checks them before it starts
+# and replaces them, and only them.
+DUMP_FILES = ("[0-9][0-9]-*", "failed.txt", "index.json", "index.txt")
 
 
 class DumpInstrument:
@@ -29,17 +35,18 @@ class DumpInstrument:
 
     def _write(self, stem: str, ir, title: str) -> None:
         lines = node_lines(ir)
-        (self.dir / f"{stem}.txt").write_text(format_ir(ir))
+        write_text(self.dir / f"{stem}.txt", format_ir(ir))
         try:
-            onnx.save_model(ir_to_model(ir), str(self.dir / f"{stem}.onnx"))
+            with staged(self.dir / f"{stem}.onnx") as (tmp,):
+                onnx.save_model(ir_to_model(ir), str(tmp))
         except Exception as e:  # a dump must never hide the real result
-            (self.dir / f"{stem}.onnx.error").write_text(f"{type(e).__name__}: {e}\n")
+            write_text(self.dir / f"{stem}.onnx.error", f"{type(e).__name__}: {e}\n")
         if self.prev is not None:
-            (self.dir / f"{stem}.diff").write_text(format_diff(diff_node_lines(self.prev, lines), title))
+            write_text(self.dir / f"{stem}.diff", format_diff(diff_node_lines(self.prev, lines), title))
         self.prev = lines
 
     def start(self, ir, pipeline) -> None:
-        for old in list(self.dir.glob("[0-9][0-9]-*")) + [self.dir / "failed.txt"]:
+        for old in list(self.dir.glob(DUMP_FILES[0])) + [self.dir / "failed.txt"]:
             if old.is_file():
                 old.unlink()
         self._write("00-input", ir, "input")
@@ -53,18 +60,18 @@ class DumpInstrument:
         self._index()
 
     def failed(self, index, p, err) -> None:
-        (self.dir / "failed.txt").write_text(
-            f"pass {index:02d}-{p.name} failed: {err}\nthe last good IR is {self.entries[-1]['file']}\n")
+        write_text(self.dir / "failed.txt",
+                   f"pass {index:02d}-{p.name} failed: {err}\nthe last good IR is {self.entries[-1]['file']}\n")
 
     def finish(self, ir, timings) -> None:
         self._index()
 
     def _index(self) -> None:
-        (self.dir / "index.json").write_text(json.dumps(self.entries, indent=2) + "\n")
+        write_text(self.dir / "index.json", json.dumps(self.entries, indent=2) + "\n")
         rows = [f"{'step':<28}{'seconds':>10}{'nodes':>8}  changed"]
         for e in self.entries:
             rows.append(f"{e['file']:<28}{e.get('seconds', 0.0):>10.4f}{e['nodes']:>8}  {e.get('changed', '')}")
-        (self.dir / "index.txt").write_text("\n".join(rows) + "\n")
+        write_text(self.dir / "index.txt", "\n".join(rows) + "\n")
 
 
 class ProgressInstrument:

@@ -110,11 +110,18 @@ class PassManager:
                 removed = ir.cleanup()
                 ir.toposort()  # raises on a cycle
                 ir.verify(sorted_already=True)
-            except Exception as e:  # every failure is named after its pass
+            except (Exception, SystemExit) as e:  # every failure is named after its pass; sys.exit() in a plugin too
                 err = _as_pass_error(p, e)
                 for inst in self.instruments:
                     inst.failed(index, p, err)
-                if self.keep_going and snapshot is not None:
+                needed = self._needed_later(index, p)
+                if self.keep_going and needed:  # skipping it would only fail later, less clearly
+                    later, fact = needed
+                    code = err.exit_code
+                    err = PassError(err.message, f"--keep-going cannot skip it: '{later}' needs '{fact}' from it; "
+                                    + (err.hint or "fix the cause"))
+                    err.exit_code = code
+                if self.keep_going and snapshot is not None and not needed:
                     ir.__dict__.update(snapshot.__dict__)
                     ctx.report.setdefault("skipped_passes", []).append({"pass": p.name, "error": str(err)})
                     ctx.log.warning("%s (skipped: --keep-going)", err)
@@ -130,6 +137,13 @@ class PassManager:
             inst.finish(ir, self.timings)
         ctx.report["pass_timings"] = self.timings
         return ir
+
+    def _needed_later(self, index: int, p):
+        """(a later pass, the fact) when a pass after the index-th one requires what `p` provides."""
+        for later in self.pipeline[index:]:
+            for fact in sorted(set(later.requires) & set(p.provides)):
+                return later.name, fact
+        return None
 
 
 def _snapshot(ir):
@@ -154,5 +168,7 @@ def _as_pass_error(p: Pass, e: Exception) -> PassError:
         err = PassError(msg, e.hint)
         err.exit_code = e.exit_code
         return err
+    if isinstance(e, SystemExit):
+        return PassError(f"pass '{p.name}' called sys.exit({e.code!r})", "a pass must raise an exception instead of exiting")
     return PassError(f"pass '{p.name}' failed: {type(e).__name__}: {e}",
                      "re-run with --debug for the traceback; the dump dir holds the last good IR")

@@ -116,6 +116,10 @@ def load_plugin(path: str) -> None:
     except SyntaxError as e:
         del sys.modules[mod_name]
         raise PipelineError(f"plugin '{p}' line {e.lineno}: syntax error: {e.msg}", "fix the plugin file") from None
+    except SystemExit as e:  # would end qcompiler silently, whatever the code
+        del sys.modules[mod_name]
+        raise PipelineError(f"plugin '{p}' called sys.exit({e.code!r}) while it was imported",
+                            "a plugin must raise an exception instead of exiting") from None
     except Exception as e:
         del sys.modules[mod_name]
         raise PipelineError(f"plugin '{p}' failed to import: {type(e).__name__}: {e}", "fix the plugin file") from None

@@ -154,6 +154,13 @@ def weight_qparams(ir, target, plan: Plan, overwrite: bool = False) -> int:
         if w is None:
             continue
         ts = target.scheme("weight", k.op)
+        if ts.per_channel and ts.axis is not None and not -w.ndim <= ts.axis < w.ndim:
+            from ..errors import TargetError
+
+            where = f"{target.source}: " if getattr(target, "source", None) else ""
+            raise TargetError(f"{where}weight per_channel(axis={ts.axis}) is out of range for the rank-{w.ndim} "
+                              f"weight of {k.op} '{k.nodes[0]}'",
+                              "per-channel weight scales go on the output-channel axis: per_channel(axis=0)")
         axis = weight_axis(k.op, nodes[k.nodes[0]].attrs, w.ndim) if ts.per_channel else None
         scheme = to_quant_scheme(ts, axis)
         if axis is None:

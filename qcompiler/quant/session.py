@@ -37,7 +37,10 @@ def observe_session(model: Union[onnx.ModelProto, IR], names: List[str], batches
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(desc="calibrating", unit="batch", leave=False)
+        import sys
+
+        # a bar on a terminal only: in a log, its carriage-return frames stay as fragments
+        bar = tqdm(desc="calibrating", unit="batch", leave=False, disable=not sys.stderr.isatty())
     try:
         for batch in iterator:
             feeds = {k: v for k, v in batch.items() if k in input_names}
