@@ -517,7 +517,7 @@ def _():
     return build(save(good_model()), out="out/missing/m.onnx")
 
 
-@case("output-is-folder", "is a directory")
+@case("output-is-folder", "is a folder")
 def _():
     return build(save(good_model()), out="out")
 

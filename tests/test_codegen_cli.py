@@ -55,7 +55,7 @@ def test_emit_c_refuses_a_non_empty_folder_and_a_file(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     assert main(["build", MODEL, "--target", "x86", "--calib", CALIB, "--emit", "c", "-o", str(out), "-q"]) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds keep.txt" in capsys.readouterr().err
     f = tmp_path / "file.c"
     f.write_text("")
     assert main(["build", MODEL, "--target", "x86", "--calib", CALIB, "--emit", "c", "-o", str(f), "-q"]) == 2
