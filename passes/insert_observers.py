@@ -25,7 +25,8 @@ class InsertObservers(Pass):
         if target is None:
             raise PipelineError("pass 'insert-observers' needs a target", "pass --target x86|arm64|cuda or a .qtarget file")
         keep_float = _keep_float_set(ir, ctx.option("keep_float", ()))
-        kernels, reasons = find_kernels(ir, target, keep_float)
+        mask_float = dict(ir.ann.notes.get("mask_float") or {})  # the attention-mask pass's findings
+        kernels, reasons = find_kernels(ir, target, keep_float, mask_float)
         quantized = _quantized_tensors(ir, target, kernels)
         act = to_quant_scheme(target.scheme("activation"))
         for name in quantized:
@@ -65,15 +66,23 @@ def _default_reason(node, target) -> str:
     return f"{node.op} is not legal on {target.name}"
 
 
-def find_kernels(ir, target, keep_float=frozenset()):
-    """Kernels from the target's pattern matches, and reasons for nodes that matched none."""
+def find_kernels(ir, target, keep_float=frozenset(), forced_float=None):
+    """Kernels from the target's pattern matches, and reasons for nodes that matched none.
+    `forced_float` (node name -> reason) drops every match that holds one of its nodes."""
     from qcompiler.target.patterns import match_all
 
     matches, reasons = match_all(ir, target)
     reasons = dict(reasons)
+    forced_float = forced_float or {}
+    reasons.update(forced_float)
     kernels: List[Kernel] = []
     for m in matches:
         nodes = list(m.nodes)
+        forced = next((n.name for n in nodes if n.name in forced_float), None)
+        if forced is not None:
+            for n in nodes:
+                reasons[n.name] = forced_float.get(n.name) or forced_float[forced]
+            continue
         if any(n.name in keep_float for n in nodes):
             for n in nodes:
                 reasons[n.name] = "kept float by --keep-float"
