@@ -3,7 +3,7 @@
 The (1 - mask) * lowest bias, the masked-fill Where and the scores they touch hold values
 near -3.4e38; quantizing any of them rounds every attention score to zero
 (qcompiler.quant.attention_mask says how they are found). This pass records those nodes in
-`ir.ann.notes["mask_float"]`; insert-observers then plans no kernel over them, so the
+`ir.ann.notes["forced_float"]`; insert-observers then plans no kernel over them, so the
 Softmax reads exact float scores and its [0, 1] output is quantized for the next MatMul.
 A model without such arithmetic (every CNN) is left as it was.
 """
@@ -21,6 +21,6 @@ class AttentionMask(Pass):
     def run(self, ir, ctx) -> bool:
         huge = mask_tensors(ir)
         reasons = mask_nodes(ir, huge)
-        ir.ann.notes["mask_float"] = reasons
+        ir.ann.notes.setdefault("forced_float", {}).update(reasons)
         ctx.pass_report(self.name).update(mask_tensors=len(huge), float_nodes=sorted(reasons))
         return False  # annotations only: the graph is unchanged

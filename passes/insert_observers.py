@@ -25,9 +25,9 @@ class InsertObservers(Pass):
         if target is None:
             raise PipelineError("pass 'insert-observers' needs a target", "pass --target x86|arm64|cuda or a .qtarget file")
         keep_float = _keep_float_set(ir, ctx.option("keep_float", ()))
-        mask_float = dict(ir.ann.notes.get("mask_float") or {})  # the attention-mask pass's findings
-        kernels, reasons = find_kernels(ir, target, keep_float, mask_float)
-        quantized = _quantized_tensors(ir, target, kernels)
+        forced = dict(ir.ann.notes.get("forced_float") or {})  # attention-mask, transformer-placement
+        kernels, reasons = find_kernels(ir, target, keep_float, forced)
+        quantized = _quantized_tensors(ir, target, kernels, set(ir.ann.notes.get("float_outputs") or ()))
         act = to_quant_scheme(target.scheme("activation"))
         for name in quantized:
             ir.ann.qspec[name] = act
@@ -116,13 +116,17 @@ def find_kernels(ir, target, keep_float=frozenset(), forced_float=None):
     return kernels, reasons
 
 
-def _quantized_tensors(ir, target, kernels) -> Set[str]:
+def _quantized_tensors(ir, target, kernels, float_outputs=frozenset()) -> Set[str]:
+    """`float_outputs`: kernels (anchor node names) whose output stays float when no kernel reads it."""
     tensors = ir.tensors()
     producer_kernel: Dict[str, Kernel] = {k.output: k for k in kernels}
     placement = target.placement
+    read_by_kernel = {i for k in kernels for i in k.inputs}
     q: Set[str] = set()
     for k in kernels:
-        if placement.quantize_weighted_outputs or k.op not in WEIGHTED:
+        if k.nodes[0] in float_outputs and k.output not in read_by_kernel:
+            pass
+        elif placement.quantize_weighted_outputs or k.op not in WEIGHTED:
             q.add(k.output)
         ins = list(k.inputs)
         if k.op == "Add" and placement.residual_add == "quantize_skip_only" and len(ins) == 2:

@@ -160,7 +160,7 @@ def bert_like(layers: int = 2, hidden: int = 128, heads: int = 4, inter: int = 5
         a = dense(c, p + "attention.output.dense")
         x = layer_norm(g.op("Add", [a, x], p + "attention.output.residual"), p + "attention.output.LayerNorm")
         h = dense(x, p + "intermediate.dense")
-        erf = g.op("Erf", [g.op("Mul", [h, g.const(p + "gelu.inv_sqrt2", 1.0 / np.sqrt(2.0))], p + "gelu.div")],
+        erf = g.op("Erf", [g.op("Div", [h, g.const(p + "gelu.sqrt2", np.sqrt(2.0))], p + "gelu.div")],
                    p + "gelu.erf")
         gl = g.op("Mul", [g.op("Mul", [h, g.op("Add", [erf, g.const(p + "gelu.one", 1.0)], p + "gelu.add")],
                                p + "gelu.mul"), g.const(p + "gelu.half", 0.5)], p + "gelu.half_mul")
