@@ -46,12 +46,19 @@ class Calibrate(Pass):
         ranges = {}
         if plan.tensors:
             full = _full_range_tensors(ir, plan.tensors) if method not in ("minmax", "moving_average") else set()
+            # per-tensor methods (transformer-placement: mse on MatMul inputs) unless the user chose one
+            per_tensor = {} if ctx.option("calib_method") else dict(ir.ann.notes.get("calib_methods") or {})
             derived = derivations(ir, plan.tensors) if method == "minmax" else {}
+            derived = {n: d for n, d in derived.items() if n not in per_tensor}
             means, affine = _means_for_bias_correction(ir, ctx, plan, derived)
             derived = {n: d for n, d in derived.items() if n not in means}
             observed = [name for name in plan.tensors if name not in derived]
-            observers = {name: make_observer("minmax" if name in full else method, **({} if name in full else opts))
-                         for name in observed}
+            observers = {}
+            for name in observed:
+                m = "minmax" if name in full else per_tensor.get(name, method)
+                observers[name] = make_observer(m, **(opts if m == method and name not in full else {}))
+            if per_tensor:
+                rep["per_tensor_methods"] = len([n for n in observed if n in per_tensor and n not in full])
             rep["full_range_tensors"] = len(full)
             source = ctx.require_calibration(self.name)
             fetched = observed + [n for n in means if n not in observers]

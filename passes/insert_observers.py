@@ -25,8 +25,9 @@ class InsertObservers(Pass):
         if target is None:
             raise PipelineError("pass 'insert-observers' needs a target", "pass --target x86|arm64|cuda or a .qtarget file")
         keep_float = _keep_float_set(ir, ctx.option("keep_float", ()))
-        kernels, reasons = find_kernels(ir, target, keep_float)
-        quantized = _quantized_tensors(ir, target, kernels)
+        forced = dict(ir.ann.notes.get("forced_float") or {})  # attention-mask, transformer-placement
+        kernels, reasons = find_kernels(ir, target, keep_float, forced)
+        quantized = _quantized_tensors(ir, target, kernels, set(ir.ann.notes.get("float_outputs") or ()))
         act = to_quant_scheme(target.scheme("activation"))
         for name in quantized:
             ir.ann.qspec[name] = act
@@ -65,15 +66,23 @@ def _default_reason(node, target) -> str:
     return f"{node.op} is not legal on {target.name}"
 
 
-def find_kernels(ir, target, keep_float=frozenset()):
-    """Kernels from the target's pattern matches, and reasons for nodes that matched none."""
+def find_kernels(ir, target, keep_float=frozenset(), forced_float=None):
+    """Kernels from the target's pattern matches, and reasons for nodes that matched none.
+    `forced_float` (node name -> reason) drops every match that holds one of its nodes."""
     from qcompiler.target.patterns import match_all
 
     matches, reasons = match_all(ir, target)
     reasons = dict(reasons)
+    forced_float = forced_float or {}
+    reasons.update(forced_float)
     kernels: List[Kernel] = []
     for m in matches:
         nodes = list(m.nodes)
+        forced = next((n.name for n in nodes if n.name in forced_float), None)
+        if forced is not None:
+            for n in nodes:
+                reasons[n.name] = forced_float.get(n.name) or forced_float[forced]
+            continue
         if any(n.name in keep_float for n in nodes):
             for n in nodes:
                 reasons[n.name] = "kept float by --keep-float"
@@ -107,13 +116,17 @@ def find_kernels(ir, target, keep_float=frozenset()):
     return kernels, reasons
 
 
-def _quantized_tensors(ir, target, kernels) -> Set[str]:
+def _quantized_tensors(ir, target, kernels, float_outputs=frozenset()) -> Set[str]:
+    """`float_outputs`: kernels (anchor node names) whose output stays float when no kernel reads it."""
     tensors = ir.tensors()
     producer_kernel: Dict[str, Kernel] = {k.output: k for k in kernels}
     placement = target.placement
+    read_by_kernel = {i for k in kernels for i in k.inputs}
     q: Set[str] = set()
     for k in kernels:
-        if placement.quantize_weighted_outputs or k.op not in WEIGHTED:
+        if k.nodes[0] in float_outputs and k.output not in read_by_kernel:
+            pass
+        elif placement.quantize_weighted_outputs or k.op not in WEIGHTED:
             q.add(k.output)
         ins = list(k.inputs)
         if k.op == "Add" and placement.residual_add == "quantize_skip_only" and len(ins) == 2:

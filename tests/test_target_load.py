@@ -151,7 +151,8 @@ def test_cuda_facts():
 
 
 def test_pipelines_are_the_standard_order():
-    std = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate",
+    std = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "attention-mask", "transformer-placement",
+           "insert-observers", "calibrate",
            "unify-concat-scales", "place-qdq", "fold-requant", "lower-layout"]
     for name in SHIPPED:
         pipe = list(load_target(name).pipeline)

@@ -125,12 +125,16 @@ class Placement:
         (TensorRT: the other input is fused into the producing conv).
     qdq_per_consumer: a dedicated Q/DQ pair per consumer of a tensor (TensorRT) instead of
         one pair shared by all consumers.
+    matmul_float_output: the target runs a MatMul/Gemm with int8 inputs and a float output
+        (ONNX Runtime: MatMulIntegerToFloat, QGemm); transformer-placement then leaves the
+        outputs that no integer kernel reads float.
     """
 
     quantize_weighted_outputs: bool = True
     quantize_bias: bool = True
     residual_add: str = "quantize_both"
     qdq_per_consumer: bool = False
+    matmul_float_output: bool = False
 
 
 # --------------------------------------------------------------------------- patterns

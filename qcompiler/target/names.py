@@ -65,6 +65,7 @@ PLACEMENT_KEYS: dict[str, tuple[str, ...]] = {
     "quantize_bias": ("true", "false"),
     "residual_add": ("quantize_both", "quantize_skip_only"),
     "qdq_per_consumer": ("false", "true"),
+    "matmul_float_output": ("false", "true"),
 }
 
 STATEMENT_KEYWORDS = (
