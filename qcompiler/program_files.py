@@ -25,7 +25,7 @@ def _fmt(shape) -> str:
 
 def load_program_inputs(path, prog) -> List[Dict[str, np.ndarray]]:
     """The batches in `path` (.npy, .npz or a folder of them) for program `prog`, checked."""
-    from .lowering.verify import load_inputs
+    from .lowering.verify import load_inputs, split_to_program_batch
 
     p = Path(path)
     if p.is_file() and p.suffix not in (".npy", ".npz"):
@@ -35,6 +35,7 @@ def load_program_inputs(path, prog) -> List[Dict[str, np.ndarray]]:
     except (ValueError, OSError, EOFError) as e:  # object arrays, truncated members of a .npz
         raise UsageError(f"cannot read input data '{p}': {' '.join(str(e).split()) or type(e).__name__}",
                          "save plain numeric arrays with numpy.save / numpy.savez") from None
+    batches = split_to_program_batch(prog, batches)
     for i, batch in enumerate(batches):
         check_program_inputs(prog, batch, f"{p}" + (f", batch {i}" if len(batches) > 1 else ""))
     return batches
@@ -96,13 +97,14 @@ def run_to_file(program_path, input_path, out: Path, backend: str = "interpreter
     p = Path(input_path)
     if p.is_dir():
         raise UsageError(f"'{p}' is a folder; 'run' takes one input file", "give a .npy or .npz file")
-    batch = load_program_inputs(p, prog)[0]
     if backend == "c":
-        from .codegen.native import run_c
-
-        outs = run_c(prog, batch)
+        from .codegen.native import run_c as run
     else:
-        outs = run_program(prog, batch)
+        run = run_program
+    # a file of several fixed-size batches runs batch by batch, the outputs concatenated
+    results = [run(prog, batch) for batch in load_program_inputs(p, prog)]
+    outs = {k: np.concatenate([r[k] for r in results]) if len(results) > 1 else results[0][k]
+            for k in results[0]}
     with staged(out) as (tmp,):
         with open(tmp, "wb") as f:  # a file object: numpy adds no suffix
             if out.suffix == ".npy":

@@ -422,11 +422,6 @@ def _():
     return ["run", program(), "--input", data(shape=(4, 3, 8, 8)), "-o", "out/y.npy"]
 
 
-@case("run-batch-too-big", R, "the program takes batches of 1")
-def _():
-    return ["run", program(), "--input", data(shape=(4, 3, 16, 16)), "-o", "out/y.npy"]
-
-
 @case("run-wrong-rank", R, "(4 axes, not 3)")
 def _():
     return ["run", program(), "--input", data(shape=(3, 16, 16)), "-o", "out/y.npy"]
@@ -508,11 +503,6 @@ def _():
 @case("run-missing-input-option", R, "Missing option '--input'")
 def _():
     return ["run", program(), "-o", "out/y.npy"]
-
-
-@case("verify-16-samples", R, "has shape [16,3,16,16], but the program takes [1,3,16,16]")
-def _():
-    return ["verify", program(), qdq(), "--data", data(shape=(16, 3, 16, 16))]
 
 
 @case("verify-wrong-hw", R, "axis 2 is 8, not 16")

@@ -136,3 +136,21 @@ def test_programs_run_and_verify_on_the_matrix_models(name, target):
     rep = verify_program(prog, r.model, [{inp: xs[:bs]}], layerwise=True)
     assert rep.ok(), rep.format()
     assert rep.layers and "verdict (layer-wise" in rep.format()
+
+
+def test_run_and_verify_split_multi_sample_data_into_the_program_batch(tmp_path, capsys):
+    """The calibration file a build took works for run and verify on a fixed-batch model."""
+    import onnx
+
+    model = tmp_path / "r.onnx"
+    onnx.save(models.resnet18_like(hw=32, width=8, num_classes=10), model)  # batch fixed at 1
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(4).standard_normal((6, 3, 32, 32)).astype(np.float32))
+    qdq, prog, out = tmp_path / "r.arm64.onnx", tmp_path / "r.qprog", tmp_path / "y.npy"
+    for args in (["-o", qdq], ["--emit", "program", "-o", prog]):
+        assert main(["build", str(model), "--target", "arm64", "--calib", str(data), "-q", *map(str, args)]) == 0
+    assert main(["run", str(prog), "--input", str(data), "-o", str(out)]) == 0
+    assert np.load(out).shape == (6, 10)
+    capsys.readouterr()
+    assert main(["verify", str(prog), str(qdq), "--data", str(data)]) == 0
+    assert "verified 6 batch(es)" in capsys.readouterr().out

@@ -292,6 +292,29 @@ def _as_batches(inputs, input_names: Sequence[str]) -> List[Dict[str, np.ndarray
     return batches
 
 
+def split_to_program_batch(prog: Program, batches: List[Dict[str, np.ndarray]]) -> List[Dict[str, np.ndarray]]:
+    """Multi-sample data for a program with a fixed batch size (the calibration file a build
+    took, say): when every input's first axis is a multiple of the program's batch B > 0,
+    the arrays are cut into batches of B; anything else is left for the input checks."""
+    fixed = {}
+    for name in prog.inputs:
+        shape = prog.tensors[name].shape if name in prog.tensors else None
+        if not shape or shape[0] is None:
+            return batches
+        fixed[name] = int(shape[0])
+    out = []
+    for batch in batches:
+        counts = {n: np.shape(batch[n])[0] // fixed[n] if np.ndim(batch[n]) and fixed[n] else 0 for n in fixed}
+        n = next(iter(counts.values()), 0)
+        rest_ok = all(all(w is None or h == w for h, w in zip(np.shape(batch[k])[1:], prog.tensors[k].shape[1:]))
+                      and np.ndim(batch[k]) == len(prog.tensors[k].shape) for k in fixed)
+        if n > 1 and rest_ok and all(c == n and np.shape(batch[k])[0] == n * fixed[k] for k, c in counts.items()):
+            out += [{k: batch[k][i * fixed[k]:(i + 1) * fixed[k]] for k in fixed} for i in range(n)]
+        else:
+            out.append(batch)
+    return out
+
+
 def load_inputs(path: str, input_names: Sequence[str]) -> List[Dict[str, np.ndarray]]:
     """Input batches from a .npy / .npz file or a folder of them (sorted by name).
 
@@ -531,5 +554,6 @@ def verify_files(program_path, qdq_path, data_path, task: str = "auto", ort_opti
 
     prog = load_program(program_path)
     model = read_model(qdq_path)
-    return verify_program(prog, model, load_inputs(str(data_path), prog.inputs), task=task,
+    batches = split_to_program_batch(prog, load_inputs(str(data_path), prog.inputs))
+    return verify_program(prog, model, batches, task=task,
                           ort_optimization=ort_optimization, layerwise=layerwise)
