@@ -30,6 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from qcompiler.lowering.verify import TensorAgreement
+
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tools" / "arm64_ort_run.py"
 SETUP = "bash tools/arm64_emulation.sh"
@@ -213,32 +215,20 @@ def run_arm(wrapper: str, cases: List[Case], workdir, cpu: str = "neoverse-n1", 
 
 
 @dataclass
-class Agreement:
-    elements: int = 0
-    exact: int = 0
-    within_one: int = 0
-    max_steps: int = 0
+class Agreement(TensorAgreement):
+    """lowering.verify's counts summed over many tensors, with the least agreeing one."""
+
+    name: str = "all"
     worst: str = ""
     worst_share: float = 1.0
 
     def add(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
         assert a.shape == b.shape, f"{name}: shape {a.shape} != {b.shape}"
         d = np.abs(a.astype(np.int64) - b.astype(np.int64))
-        self.elements += d.size
-        self.exact += int(np.count_nonzero(d == 0))
-        self.within_one += int(np.count_nonzero(d <= 1))
-        self.max_steps = max(self.max_steps, int(d.max()) if d.size else 0)
+        self.add_steps(d)
         share = float(np.mean(d <= 1)) if d.size else 1.0
         if share < self.worst_share or not self.worst:
             self.worst, self.worst_share = name, share
-
-    @property
-    def within_one_share(self) -> float:
-        return self.within_one / self.elements if self.elements else 1.0
-
-    @property
-    def exact_share(self) -> float:
-        return self.exact / self.elements if self.elements else 1.0
 
     def __str__(self) -> str:
         return (f"{self.elements} elements: exact {100 * self.exact_share:.3f}%, within one step "

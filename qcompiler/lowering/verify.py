@@ -68,6 +68,13 @@ class TensorAgreement:
     exact: int = 0
     max_steps: int = 0
 
+    def add_steps(self, d: np.ndarray) -> None:
+        """Count one comparison: `d` holds each element's difference in quantization steps."""
+        self.elements += int(d.size)
+        self.exact += int(np.count_nonzero(d == 0))
+        self.within_one += int(np.count_nonzero(d <= 1))
+        self.max_steps = max(self.max_steps, int(d.max()) if d.size else 0)
+
     @property
     def within_one_share(self) -> float:
         return self.within_one / self.elements if self.elements else 1.0
@@ -492,10 +499,7 @@ def _tally(st: TensorAgreement, info, val: np.ndarray, r: np.ndarray) -> np.ndar
         d = np.ceil(np.abs(got.astype(np.float64) - r) / tol - 1e-9).astype(np.int64)
     else:
         d = np.abs(got.astype(np.int64) - r.astype(np.int64))
-    st.elements += int(d.size)
-    st.exact += int(np.count_nonzero(d == 0))
-    st.within_one += int(np.count_nonzero(d <= 1))
-    st.max_steps = max(st.max_steps, int(d.max()) if d.size else 0)
+    st.add_steps(d)
     return d
 
 
