@@ -92,23 +92,21 @@ def tensor_losses(fp32: onnx.ModelProto, qparams: Dict, batch: Dict[str, np.ndar
     A quick per-layer estimate, one ONNX Runtime run; `qcompiler analyze` ranks layers by
     their effect on the output instead."""
     from .quant.qparams import fake_quant
+    from .quant.session import session_with_outputs
 
     produced = {o for n in fp32.graph.node for o in n.output}
     names = [t for t in qparams if t in produced and t in producers]
     if not names:
         return []
-    probe = onnx.ModelProto()
-    probe.CopyFrom(fp32)
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in names if t not in have)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session_with_outputs(fp32, names)
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, batch)))
     rows = []
     for t in names:
-        x = np.asarray(values.get(t), dtype=np.float32)
-        if x.dtype.kind != "f" or x.size == 0:
+        x = values.get(t)
+        if x is None or x.dtype.kind != "f" or x.size == 0:
             continue
-        rows.append({"tensor": t, "node": producers[t], "sqnr_db": round(sqnr_db(x, fake_quant(x, qparams[t])), 2)})
+        rows.append({"tensor": t, "node": producers[t],
+                     "sqnr_db": round(float(sqnr_db(x, fake_quant(x, qparams[t]))), 2)})
     rows.sort(key=lambda r: r["sqnr_db"])
     return rows[:worst]
 

@@ -1055,7 +1055,7 @@ class _Lowerer:
 
     # ------------------------------------------------------------------ planning
     def plan(self, stored: Optional[dict] = None) -> LayoutPlan:
-        plan = LayoutPlan(target=self.target.name)
+        plan = LayoutPlan(target=self.target.name, no_program_kernel=dict(self.no_program_kernel))
         given = {}
         if stored and stored.get("target") == self.target.name:
             given = {d["node"]: d for d in stored.get("convs", [])}
@@ -1238,7 +1238,6 @@ def plan_layouts(source, target=None) -> LayoutPlan:
     plan = lw.plan()
     # conversions are counted the same way emission inserts them
     lw.build(plan)
-    plan.no_program_kernel = dict(lw.no_program_kernel)
     return plan
 
 
