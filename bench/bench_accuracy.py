@@ -6,14 +6,14 @@ whose activations run far above its neighbours'): PP-OCR's mobile v2.0 text-dire
 classifier (ppocr_cls, from rapidocr-onnxruntime) with output channel 0 of its second
 convolution (Conv@1, 1x1, 8 -> 8 channels, then BatchNorm and Relu) multiplied by 30
 through that BatchNorm's gamma and beta, and input channel 0 of the depthwise 3x3 conv
-that reads it (Conv@2) divided by 30 (qcompiler.accuracy.synthetic.sabotage_channels).
+that reads it (Conv@2) divided by 30 (fixtures.synthetic.sabotage_channels).
 Relu is positive homogeneous, so the FP32 function is unchanged (checked here on the test
 set); the activation between the two convs now has one channel that reaches ~57x the
 median channel's range, and its per-tensor uint8 grid leaves the other channels a few
 codes.
 
 The task: rendered text lines, upright or rotated by 180 degrees
-(qcompiler.testing.tasks.text_line_task), in three disjoint sets: calibration (seed 1),
+(fixtures.tasks.text_line_task), in three disjoint sets: calibration (seed 1),
 validation (seed 3; labelled, what the --max-drop search judges candidates on) and test
 (seed 2; every figure reported here).
 
@@ -25,7 +25,7 @@ Measured in one run, on the test set:
                        CPUs without VNNI), run by bench_quant.py's child process with its
                        quirks (opset-13 conversion for per-channel); "best" = best accuracy
   analyze              qcompiler analyze: the ranking, flags, time
-  --max-drop 0.5       qcompiler build --max-drop 0.5 --metric qcompiler.accuracy.metrics:top1
+  --max-drop 0.5       qcompiler build --max-drop 0.5 --metric qcompiler.analysis.metrics:top1
                        --eval-data val.npz --analysis analysis/analysis.json: kept layers,
                        INT8 MAC share (issue 6: >= 90%), accuracy
   --min-sqnr           the same search with an output-SQNR budget
@@ -58,6 +58,9 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -74,8 +77,8 @@ TENSOR = "relu_0.tmp_0"  # the activation between them
 MAX_DROP = 0.5  # percentage points
 MIN_SQNR = 20.0  # dB
 MIN_INT8_MACS = 0.90
-METRIC = "qcompiler.accuracy.metrics:top1"
-EVAL_BATCH = 32  # qcompiler.accuracy.evaldata.DEFAULT_BATCH: --eval-data batches
+METRIC = "qcompiler.analysis.metrics:top1"
+EVAL_BATCH = 32  # qcompiler.analysis.evaldata.DEFAULT_BATCH: --eval-data batches
 
 FULL = {"calib": 64, "val": 400, "test": 1000, "analyze_batch": 16, "analyze_batches": 4, "layers": "all"}
 QUICK = {"calib": 16, "val": 64, "test": 128, "analyze_batch": 8, "analyze_batches": 2, "layers": "weighted"}
@@ -89,8 +92,8 @@ QUICK = {"calib": 16, "val": 64, "test": 128, "analyze_batch": 8, "analyze_batch
 def outlier_model(path_out: str) -> Dict:
     import onnx
 
-    from qcompiler.accuracy.synthetic import sabotage_channels
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures.synthetic import sabotage_channels
+    from fixtures.real_models import real_model_path
 
     base = onnx.load(real_model_path(BASE))
     factors = [1.0] * 8
@@ -210,7 +213,7 @@ def qc_macs(report: Optional[Dict]) -> Optional[float]:
 def run(cfg: Dict, work: str, log) -> Dict:
     import onnx
 
-    from qcompiler.testing import tasks
+    from fixtures import tasks
 
     R: Dict = {"config": cfg, "timings": {}}
     t = time.perf_counter()
@@ -434,7 +437,7 @@ def render(R: Dict, meta: Dict) -> str:
              f"outlier channel: output channel {CHANNEL} of `{LAYER}` (1x1 conv, 8 -> 8 channels, then BatchNorm and "
              f"Relu) multiplied by {FACTOR:g} through the BatchNorm's gamma and beta, and input channel {CHANNEL} of "
              f"`{NEXT}` (the depthwise 3x3 conv that reads it) divided by {FACTOR:g}: "
-             f"`qcompiler.accuracy.synthetic.sabotage_channels(model, '{LAYER}', [{FACTOR:g}, 1, 1, 1, 1, 1, 1, 1])`. "
+             f"`fixtures.synthetic.sabotage_channels(model, '{LAYER}', [{FACTOR:g}, 1, 1, 1, 1, 1, 1, 1])`. "
              f"Relu is positive homogeneous, so the function is unchanged: FP32 outputs differ from the shipped "
              f"model's by at most {md['fp32_max_abs_diff']:.1g} and agree on {md['fp32_top1_agree']:.1f}% of the "
              f"test samples. The activation between the two convs (`{TENSOR}`) now has one channel at "
@@ -443,7 +446,7 @@ def render(R: Dict, meta: Dict) -> str:
              f"(shipped model: {md['ratio_before']:.1f}x). Real networks show such channels (trained nets with "
              f"unregularised BatchNorm scales, transformers' LayerNorm outputs); a per-tensor uint8 grid sized for "
              f"that one channel leaves the other seven a handful of codes.", "",
-             f"Task: `qcompiler.testing.tasks.text_line_task`, rendered text lines upright or rotated by 180 degrees, "
+             f"Task: `fixtures.tasks.text_line_task`, rendered text lines upright or rotated by 180 degrees, "
              f"in three disjoint sets: **{cfg['calib']} calibration** samples (seed 1), **{cfg['val']} validation** "
              f"samples (seed 3, labelled: what the `--max-drop` search judges candidates on) and **{cfg['test']} test** "
              f"samples (seed 2): every accuracy below is on the test set (one sample = {100 / cfg['test']:.1f} pp).", ""]

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -88,7 +90,7 @@ def main():
             results[name] = ag.analyse(case)
             print(f"{name}: emulated {times[name]:.1f} s", flush=True)
         cls = Path(tmp) / "ppocr_cls"
-        from qcompiler.testing.real_models import real_model_path
+        from fixtures.real_models import real_model_path
 
         traces = {}
         for label, model, cpu in [("arm64 QDQ, neoverse-n1", cls / "e2e.onnx", "neoverse-n1"),

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
+
 LIMIT = 1.25
 # The child's own high-water mark (VmHWM: reset by exec). ru_maxrss is not: Linux keeps the
 # forking parent's peak across fork and exec, and this parent has just written the data.
 CHILD = """
 import sys
-from qcompiler.cli import main
+from qcompiler.cli.main import main
 rc = main(sys.argv[1:])
 with open("/proc/self/status") as f:
     print("PEAK_KB", next(line.split()[1] for line in f if line.startswith("VmHWM")))
@@ -83,7 +85,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args()
     small, large = (int(s) for s in args.samples.split(","))
-    from qcompiler.testing.models import conv_bn_relu
+    from fixtures.models import conv_bn_relu
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-calib-mem-") as d:

@@ -146,7 +146,7 @@ def mark(name):
     marks.append({"phase": name, "seconds": round(now - last[0], 2), "peak_bytes": peak, "reset": reset})
     last[0] = now
 
-import qcompiler.build as qb
+import qcompiler.driver.build as qb
 import qcompiler.ir.io as qio
 import qcompiler.pipeline.manager as pm
 
@@ -175,7 +175,7 @@ def _after(fn, name):
 qb.ir_to_model = _after(qb.ir_to_model, "export")
 qb._quant_report = _after(qb._quant_report, "report")
 qio.save_model = _after(qio.save_model, "save")
-from qcompiler.cli import main
+from qcompiler.cli.main import main
 mark("start (imports)")
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "phases": marks}))

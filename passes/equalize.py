@@ -2,7 +2,7 @@
 
 Rescales the output channels of a weighted layer and the matching input channels of the
 next one(s) so that both have equal per-channel weight ranges (Nagel et al. 2019); the
-FP32 outputs do not change. See qcompiler.accuracy.equalization for the derivation and
+FP32 outputs do not change. See qcompiler.rounding.equalization for the derivation and
 for what is skipped (Clip/ReLU6, channels read by non-weighted ops, graph outputs).
 
 Options (build options):
@@ -15,7 +15,7 @@ Options (build options):
 
 from __future__ import annotations
 
-from qcompiler.accuracy.equalization import equalize
+from qcompiler.rounding.equalization import equalize
 from qcompiler.pipeline.registry import Pass, register_pass
 
 

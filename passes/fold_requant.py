@@ -11,7 +11,7 @@ and the Mul, a DQ and a Q disappear. That is the `/ 6` of every `x * relu6(x + 3
 HardSwish (18 QLinearMul kernels of PP-OCR cls, 7 % of its x86 latency), and one rounding
 less. Integer lowering for a target
 (fixed-point multipliers) happens in lower-layout / --emit program; with --emit qop this
-pass also lowers DQ -> op -> Q groups to ONNX integer operators (qcompiler.quant.qop).
+pass also lowers DQ -> op -> Q groups to ONNX integer operators (qcompiler.formats.qop).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class FoldRequant(Pass):
         rep = ctx.pass_report(self.name)
         rep.update(identity_pairs_removed=removed, requantizations=requants, scalar_muls_folded=scalar_muls)
         if ctx.option("emit") == "qop":
-            from qcompiler.quant.qop import lower_to_qop
+            from qcompiler.formats.qop import lower_to_qop
 
             rep["qop"] = lower_to_qop(ir)
             return True

@@ -5,7 +5,7 @@ quantize_static in QDQ format, a QAT export) and re-target it without calibratio
    quantized one (DynamicQuantizeLinear + MatMulInteger ...) stops the build with a
    message saying what it is and what qcompiler can do with it.
 2. Every activation Q->DQ pair and every DQ(constant) weight or bias is read back
-   (qcompiler.advanced.qdq_import.strip_qdq): the graph becomes FP32, the pairs' scales
+   (qcompiler.formats.qdq_import.strip_qdq): the graph becomes FP32, the pairs' scales
    and zero points and the weights' integer codes are kept aside.
 3. Kernels come from the target's patterns, as insert-observers finds them; a kernel is
    INT8 when the imported model quantized its weight and every tensor the target's
@@ -20,7 +20,7 @@ quantize_static in QDQ format, a QAT export) and re-target it without calibratio
 
 Then place-qdq, fold-requant and lower-layout run as after calibrate. Pipeline:
     canonicalize, import-qdq, place-qdq, fold-requant[, lower-layout]
-(qcompiler.advanced.advanced_pipeline builds it for `mode: import`).
+(qcompiler.pipeline.modes.advanced_pipeline builds it for `mode: import`).
 
 Options: keep_float (node names or globs), import_strict (true: a parameter that does
 not fit the target is an error instead of a warning).
@@ -33,8 +33,8 @@ from typing import Dict, List, Set
 
 import numpy as np
 
-from qcompiler.advanced.precision import allowed_dtypes, store_weight_codes, weight_qparams
-from qcompiler.advanced.qdq_import import detect_form, strip_qdq
+from qcompiler.precision.dtypes import allowed_dtypes, store_weight_codes, weight_qparams
+from qcompiler.formats.qdq_import import detect_form, strip_qdq
 from qcompiler.errors import ModelError, PipelineError
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import WEIGHTED, Kernel, Plan, group_qparams, tensors_in_order, to_quant_scheme, weight_axis

@@ -18,7 +18,7 @@ import numpy as np
 
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import Plan, is_float, to_quant_scheme
-from qcompiler.advanced.precision import apply_precision, weight_codes
+from qcompiler.precision.dtypes import apply_precision, weight_codes
 from qcompiler.quant.qparams import QParams, compute_qparams, quantize
 
 

@@ -1,6 +1,6 @@
 """precision-overrides: 16-bit activations for the layers a per-layer override asks it for.
 
-Reads the `int16_layers` option (node names; qcompiler.accuracy.overrides decides them,
+Reads the `int16_layers` option (node names; qcompiler.precision.overrides decides them,
 only where the target declares an int16 activation scheme). The kernels that contain
 those nodes get int16 symmetric QParams on their activation inputs and output, from the
 calibrated ranges; scale groups move together. Needs opset >= 21 (int16 QuantizeLinear):

@@ -16,7 +16,7 @@ LSTM with constant W and R becomes com.microsoft DynamicQuantizeLSTM (ONNX Runti
 kernel: int8 W [dirs, input, 4*hidden] and R [dirs, hidden, 4*hidden], per-channel
 scales). GRU has no integer kernel in ONNX Runtime and stays float, with that reason.
 
-Options: mode: dynamic (selects this pipeline, see qcompiler.advanced.advanced_pipeline),
+Options: mode: dynamic (selects this pipeline, see qcompiler.pipeline.modes.advanced_pipeline),
 per_channel (default true), keep_float (node names or globs), dynamic_min_elements
 (weights smaller than this stay float; default 0).
 """

@@ -23,7 +23,7 @@ C_FLAGS = ("-O1", "-Wall", "-Werror")
 
 
 def _data(model: str, n: int, seed: int) -> tuple:
-    from qcompiler.testing import tasks
+    from fixtures import tasks
 
     if model == "tiny_convnet":
         xs = np.stack([np.load(ROOT / "examples" / "calib" / f"sample_{i:02d}.npy") for i in range(16)])
@@ -36,13 +36,13 @@ def _data(model: str, n: int, seed: int) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def program(model: str, target: str):
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
     from qcompiler.ir import ir_to_model
     from qcompiler.lowering.lower import lower_to_program
 
     path = str(ROOT / "examples" / "tiny_convnet.onnx") if model == "tiny_convnet" else None
     if path is None:
-        from qcompiler.testing.real_models import real_model_path
+        from fixtures.real_models import real_model_path
 
         path = real_model_path(model)
     name, calib = _data(model, 8, 1)

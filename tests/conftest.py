@@ -19,6 +19,10 @@ ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 #: Relative tolerance of FP32 passes: max |a - b| <= RTOL * max(|a|max, floor).
 RTOL = 1e-4
 
+# child processes (CLI runs, memory probes) import the fixtures package beside this file
+_HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
+
 
 def _session(model) -> ort.InferenceSession:
     """A session for a ModelProto, a path, or a qcompiler IR (exported first)."""
@@ -129,6 +133,6 @@ def model_file(tmp_path):
 
 @pytest.fixture
 def conv_bn_relu_path(tmp_path) -> str:
-    from qcompiler.testing.models import conv_bn_relu
+    from fixtures.models import conv_bn_relu
 
     return save(conv_bn_relu(), tmp_path / "conv_bn_relu.onnx")

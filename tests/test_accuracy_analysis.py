@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qcompiler.accuracy.bitops import bitops_report, mac_counts
-from qcompiler.accuracy.mixed_precision import mixed_precision
-from qcompiler.accuracy.sensitivity import analyze, format_table, write_reports
-from qcompiler.accuracy.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
-from qcompiler.accuracy.variants import VariantBuilder
-from qcompiler.build import build
+from qcompiler.analysis.bitops import bitops_report, mac_counts
+from qcompiler.precision.mixed_precision import mixed_precision
+from qcompiler.analysis.sensitivity import analyze, format_table, write_reports
+from fixtures.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
+from qcompiler.precision.variants import VariantBuilder
+from qcompiler.driver.build import build
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_analyze_finds_sabotaged_layer(sabotaged, tmp_path):
 
 
 def test_input_range_mismatch_flag():
-    from qcompiler.testing.models import residual_concat_net
+    from fixtures.models import residual_concat_net
 
     m = residual_concat_net(channels=8, hw=8, batch="N")
     data = gaussian_batches(m, 3, batch=2)
@@ -104,7 +104,7 @@ def test_bitops_totals_are_sums(sabotaged):
 
 
 def test_overrides_and_hooks(sabotaged, tmp_path):
-    from qcompiler.accuracy.hooks import prepare_build
+    from qcompiler.driver.prepare import prepare_build
     from qcompiler.errors import UsageError
 
     m, data = sabotaged
@@ -124,7 +124,7 @@ def test_overrides_and_hooks(sabotaged, tmp_path):
 
 
 def test_int16_override_on_a_target_that_declares_it(sabotaged, tmp_path):
-    from qcompiler.accuracy.hooks import prepare_build
+    from qcompiler.driver.prepare import prepare_build
     from qcompiler.target import load_target
 
     src = tmp_path / "x86-int16.qtarget"
@@ -143,7 +143,7 @@ def test_int16_override_on_a_target_that_declares_it(sabotaged, tmp_path):
 def test_commands_register_and_run(sabotaged, tmp_path):
     import click
 
-    from qcompiler.accuracy.commands import build_options, build_options_to_dict, register
+    from qcompiler.cli.analyze import build_options, build_options_to_dict, register
 
     m, data = sabotaged
     model = tmp_path / "m.onnx"

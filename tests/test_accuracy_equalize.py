@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.accuracy.common import Evaluator
-from qcompiler.accuracy.pipelines import adjust_pipeline
-from qcompiler.accuracy.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
-from qcompiler.build import build
+from qcompiler.analysis.evaluate import Evaluator
+from qcompiler.pipeline.edits import adjust_pipeline
+from fixtures.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
+from qcompiler.driver.build import build
 from qcompiler.target import load_target
 
 FP32 = ["canonicalize", "record-bn-stats", "fold-bn", "fuse-conv-bias-act", "equalize"]
@@ -77,7 +77,7 @@ def test_equalize_gemm_leakyrelu_matmul_and_skips_clip():
     r = build(m, pipeline=FP32)
     assert r.report["passes"]["equalize"]["pairs"] == 2
     np.testing.assert_allclose(_run(r.model, x)[0], _run(m, x)[0], rtol=1e-4, atol=1e-4)
-    from qcompiler.testing.models import mobilenet_like
+    from fixtures.models import mobilenet_like
 
     mb = mobilenet_like(hw=32, width=8, num_classes=10)
     r = build(mb, pipeline=FP32)
@@ -90,7 +90,7 @@ def test_equalize_gemm_leakyrelu_matmul_and_skips_clip():
 
 def test_high_bias_absorption_is_close_and_exact_when_nothing_qualifies():
     m, data = _net(True)
-    from qcompiler.report import sqnr_db
+    from qcompiler.analysis.report import sqnr_db
 
     r = build(m, pipeline=FP32, options={"absorb_bias": True, "absorb_sigmas": 3.0})
     assert r.report["passes"]["equalize"]["absorbed_channels"] > 0
@@ -131,7 +131,7 @@ def test_bias_correction_with_data_reduces_weight_error():
 
 
 def test_data_free_ranges_follow_bn_statistics():
-    from qcompiler.accuracy.moments import data_free_stats
+    from qcompiler.calib.bn_moments import data_free_stats
 
     m, data = _net(True)
     r = build(m, pipeline=["canonicalize", "record-bn-stats", "fold-bn"])

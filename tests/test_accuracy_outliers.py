@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from qcompiler.accuracy.bitops import mac_counts
-from qcompiler.accuracy.evaldata import load_eval_data
-from qcompiler.accuracy.hooks import prepare_build
-from qcompiler.accuracy.metrics import top1
-from qcompiler.accuracy.mixed_precision import mixed_precision
-from qcompiler.accuracy.sensitivity import analyze, load_analysis, write_reports
-from qcompiler.accuracy.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
+from qcompiler.analysis.bitops import mac_counts
+from qcompiler.analysis.evaldata import load_eval_data
+from qcompiler.driver.prepare import prepare_build
+from qcompiler.analysis.metrics import top1
+from qcompiler.precision.mixed_precision import mixed_precision
+from qcompiler.analysis.sensitivity import analyze, load_analysis, write_reports
+from fixtures.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
 from qcompiler.errors import UsageError
 
 LAYER = "block0.expand.conv"  # 16 -> 32 channels, BN, Relu, then a depthwise conv reads it
@@ -110,7 +110,7 @@ def test_max_drop_on_labelled_data_reuses_the_analysis(nets, tmp_path):
     layers = len(res["layers"])
     names, opts, extra = prepare_build(
         bad, "x86", ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate", "place-qdq"],
-        lambda: iter(data), {"max_drop": 2.0, "metric": "qcompiler.accuracy.metrics:top1",
+        lambda: iter(data), {"max_drop": 2.0, "metric": "qcompiler.analysis.metrics:top1",
                              "eval_data": str(tmp_path / "val.npz"), "analysis": str(tmp_path / "an")})
     rep = extra["mixed_precision"]
     assert rep["ranking_from"] == "given analysis" and rep["eval_samples"] == len(xs)
@@ -143,7 +143,7 @@ def test_max_drop_on_labelled_data_reuses_the_analysis(nets, tmp_path):
 def test_cli_eval_data_and_analysis_options(nets, tmp_path):
     import click
 
-    from qcompiler.accuracy.commands import build_options, build_options_to_dict, register
+    from qcompiler.cli.analyze import build_options, build_options_to_dict, register
 
     clean, bad, data = nets
     xs, ys = _labelled(bad, data)
@@ -163,7 +163,7 @@ def test_cli_eval_data_and_analysis_options(nets, tmp_path):
                             "--eval-data", str(tmp_path / "val.npz")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "an" / "analysis.json").read_text())["eval_batches"] == 1
-    r = runner.invoke(cli, ["mixed-precision", *common, "--max-drop", "50", "--metric", "qcompiler.accuracy.metrics:top1",
+    r = runner.invoke(cli, ["mixed-precision", *common, "--max-drop", "50", "--metric", "qcompiler.analysis.metrics:top1",
                             "--eval-data", str(tmp_path / "val.npz"), "--analysis", str(tmp_path / "an" / "analysis.json"),
                             "--report", str(tmp_path / "mp.json")])
     assert r.exit_code == 0, r.output

@@ -5,11 +5,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qcompiler.advanced.adaround import AdaRoundConfig, adaround_codes, fake_quant_model, layer_view
-from qcompiler.build import build
+from qcompiler.rounding.adaround import AdaRoundConfig, adaround_codes, fake_quant_model, layer_view
+from qcompiler.driver.build import build
 from qcompiler.quant.qparams import QParams
-from qcompiler.report import sqnr_db
-from qcompiler.testing.models import residual_concat_net
+from qcompiler.analysis.report import sqnr_db
+from fixtures.models import residual_concat_net
 
 PIPE = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate", "unify-concat-scales",
         "adaround", "place-qdq", "fold-requant"]

@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.advanced import prepare_build
-from qcompiler.build import build
-from qcompiler.report import sqnr_db
+from qcompiler.pipeline.modes import prepare_build
+from qcompiler.driver.build import build
+from qcompiler.analysis.report import sqnr_db
 
 D, S, H = 64, 16, 128
 

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.advanced import detect_form, prepare_build
-from qcompiler.build import build
+from qcompiler.formats.qdq_import import detect_form
+from qcompiler.pipeline.modes import prepare_build
+from qcompiler.driver.build import build
 from qcompiler.errors import QCompilerError
-from qcompiler.report import sqnr_db
+from qcompiler.analysis.report import sqnr_db
 from qcompiler.target import load_target
 
 ort_quant = pytest.importorskip("onnxruntime.quantization")
@@ -154,7 +155,7 @@ def test_qformat_and_dtypes_commands(s8s8, tmp_path):
     import click
     from click.testing import CliRunner
 
-    from qcompiler.advanced.commands import build_options, build_options_to_dict, register
+    from qcompiler.cli.formats import build_options, build_options_to_dict, register
 
     @click.group()
     def cli():

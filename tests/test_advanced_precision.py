@@ -6,15 +6,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qcompiler.advanced import allowed_dtypes, prepare_build, prepare_options
-from qcompiler.advanced.precision import weight_qparams
-from qcompiler.build import build
+from qcompiler.pipeline.modes import prepare_build
+from qcompiler.precision.dtypes import allowed_dtypes, prepare_options
+from qcompiler.precision.dtypes import weight_qparams
+from qcompiler.driver.build import build
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import ir_to_model, load_ir
 from qcompiler.quant.scheme import QuantScheme
-from qcompiler.report import sqnr_db
+from qcompiler.analysis.report import sqnr_db
 from qcompiler.target import load_target
-from qcompiler.testing.models import residual_concat_net
+from fixtures.models import residual_concat_net
 
 PIPE = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate", "unify-concat-scales",
         "place-qdq", "fold-requant"]

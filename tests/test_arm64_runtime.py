@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from qcompiler.testing.real_models import real_model_available
+from fixtures.real_models import real_model_available
 
 REPO = Path(__file__).resolve().parents[1]
 # samples run per model (emulation is slow; det's maps have 35840 elements each)
@@ -122,7 +122,7 @@ def test_int8_kernels_execute_dot_product_instructions(results, tmp_path):
     ag = _agreement_module()
     wrapper = ag.find_wrapper()
     case_dir = results["ppocr_cls"]["dir"]
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures.real_models import real_model_path
 
     qdq = ag.instruction_counts(wrapper, case_dir / "e2e.onnx", case_dir / "e2e_in.npz", tmp_path)
     fp32 = ag.instruction_counts(wrapper, real_model_path("ppocr_cls"), case_dir / "e2e_in.npz", tmp_path)

@@ -32,8 +32,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.cli import main
-from qcompiler.testing.models import conv_bn_relu, residual_concat_net, with_external_data
+from qcompiler.cli.main import main
+from fixtures.models import conv_bn_relu, residual_concat_net, with_external_data
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad"
 SHAPE = (1, 3, 16, 16)

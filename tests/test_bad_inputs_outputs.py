@@ -31,8 +31,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.cli import main
-from qcompiler.testing.models import conv_bn_relu
+from qcompiler.cli.main import main
+from fixtures.models import conv_bn_relu
 
 SHAPE = (1, 3, 16, 16)
 ROOT = Path(__file__).resolve().parent.parent
@@ -778,7 +778,7 @@ def _():
 
 @case("metric-without-max-drop", O, "--metric is only used with --max-drop")
 def _():
-    return quant("--metric", "qcompiler.accuracy.metrics:top1")
+    return quant("--metric", "qcompiler.analysis.metrics:top1")
 
 
 @case("metric-no-colon", O, "cannot read --metric 'top1'")

@@ -7,15 +7,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import qcompiler.accuracy.bias_correction as bc
+import qcompiler.rounding.bias_correction as bc
 import qcompiler.passes.bias_correction as bc_pass
 import qcompiler.passes.calibrate as calibrate_pass
-from qcompiler.build import build
+from qcompiler.driver.build import build
 from qcompiler.ir import load_ir
 from qcompiler.pipeline.registry import all_passes
 from qcompiler.quant.qparams import QParams
 from qcompiler.target import load_target
-from qcompiler.testing.models import mobilenet_like, residual_concat_net
+from fixtures.models import mobilenet_like, residual_concat_net
 
 all_passes()
 
@@ -108,7 +108,7 @@ def test_weight_error_shift_is_the_same_in_chunks(chunk, monkeypatch):
 
 
 def _with_bc(target):
-    from qcompiler.accuracy.pipelines import adjust_pipeline
+    from qcompiler.pipeline.edits import adjust_pipeline
 
     return adjust_pipeline(load_target(target).pipeline, {"bias_correction": True})
 
@@ -189,7 +189,7 @@ def test_bias_correction_raises_sqnr_on_a_residual_net():
 
 
 def test_bias_correction_option_adds_and_removes_the_pass():
-    from qcompiler.accuracy.pipelines import adjust_pipeline
+    from qcompiler.pipeline.edits import adjust_pipeline
 
     pipe = list(load_target("arm64").pipeline)
     assert adjust_pipeline(pipe, {}) == pipe

@@ -1,5 +1,5 @@
 """The command line over the compiler spine: build (pipelines, dumps, plugins, safe output),
-passes, inspect, diff, help, and one-line errors. In-process through qcompiler.cli.main,
+passes, inspect, diff, help, and one-line errors. In-process through qcompiler.cli.main.main,
 plus real subprocesses of the installed console script."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_same_outputs, op_count, random_feeds, save
-from qcompiler.cli import main
-from qcompiler.testing import models
+from qcompiler.cli.main import main
+from fixtures import models
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugins" / "count_convs.py"
@@ -230,7 +230,7 @@ def test_help_for_every_command(capsys, command):
 
 
 def test_every_command_has_help_text():
-    from qcompiler.cli import cli as group
+    from qcompiler.cli.main import cli as group
 
     for name, cmd in group.commands.items():
         assert cmd.help, f"command '{name}' has no help text"
@@ -261,7 +261,7 @@ def test_console_script_build_with_plugin(tmp_path, model_path):
 
 def test_plugin_pass_keeps_shape_changing_and_output_muls():
     """The example pass only removes a Mul by one that changes nothing visible."""
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
 
     one5 = numpy_helper.from_array(np.ones((1, 1, 1, 1, 1), np.float32), "one5")  # broadcasts x up to rank 5
     one = numpy_helper.from_array(np.array(1.0, np.float32), "one")

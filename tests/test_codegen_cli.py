@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from codegen_cases import ROOT, cache_env
-from qcompiler.cli import main
+from qcompiler.cli.main import main
 from qcompiler.lowering.interpreter import run_program
 from qcompiler.lowering.program import load_program
 

@@ -20,7 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_same_outputs, random_feeds
-from qcompiler.build import build
+from qcompiler.driver.build import build
 
 SHAPE = [1, 8, 12, 12]
 

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 import pytest
 
-from qcompiler.cli import main
+from qcompiler.cli.main import main
 from qcompiler.pipeline import known_pass_names
 from qcompiler.target import load_target
-from qcompiler.testing.models import residual_concat_net
+from fixtures.models import residual_concat_net
 
 TIMING_KEYS = {"seconds"}
 

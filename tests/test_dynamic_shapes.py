@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.cli import main
+from qcompiler.cli.main import main
 from qcompiler.pipeline import known_pass_names
 from qcompiler.target import load_target
 

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 
 import qcompiler.ir.io as qio
-from qcompiler.cli import main
-from qcompiler.testing.models import conv_bn_relu, residual_concat_net, with_external_data
+from qcompiler.cli.main import main
+from fixtures.models import conv_bn_relu, residual_concat_net, with_external_data
 
 
 def _hashes(root: Path) -> dict:

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.build import build
+from qcompiler.driver.build import build
 from qcompiler.pipeline import known_pass_names
 from qcompiler.target import load_target
 

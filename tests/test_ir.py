@@ -18,7 +18,7 @@ from qcompiler.ir import (IR, FusedRegion, UnionFind, format_ir, ir_to_model, lo
                           node_lines)
 from qcompiler.ir.toposort import live_nodes, toposort_nodes
 from qcompiler.quant.qparams import QParams
-from qcompiler.testing import models
+from fixtures import models
 
 
 # ----------------------------------------------------------------------------- small builders

@@ -23,11 +23,11 @@ import pytest
 from onnx import TensorProto, helper
 
 import qcompiler.ir.io as qio
-from qcompiler.build import build
+from qcompiler.driver.build import build
 from qcompiler.ir import ir_to_model, load_ir, model_to_ir
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.pipeline import Context
-from qcompiler.testing.models import conv_bn_relu, opset11_model, residual_concat_net, with_external_data
+from fixtures.models import conv_bn_relu, opset11_model, residual_concat_net, with_external_data
 
 from conftest import assert_same_outputs, random_feeds
 
@@ -158,8 +158,8 @@ def _gemm_model(folder: str, dims=(1024, 8192, 2048, 1000)) -> str:
 _CHILD = textwrap.dedent("""
     import json, os
     import qcompiler.ir.io as qio
-    from qcompiler.cli import main
-    from qcompiler.testing.models import conv_bn_relu
+    from qcompiler.cli.main import main
+    from fixtures.models import conv_bn_relu
     import numpy as np, onnx
 
     def status(key):  # VmHWM / VmRSS of this process in bytes (ru_maxrss keeps the parent's)

@@ -143,7 +143,7 @@ def test_program_follows_the_stored_plan():
 def test_pass_in_a_pipeline_with_our_quantizer():
     """canonicalize ... place-qdq, fold-requant, lower-layout from the arm64 target file,
     then the program from the IR."""
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
     from qcompiler.lowering.verify import verify_program
     from test_lowering_models import small_net
 

@@ -208,7 +208,7 @@ def test_unknown_op_is_a_clear_error():
 
 def test_cli_entry_points(tmp_path):
     """What `qcompiler build --emit program`, `qcompiler run` and `qcompiler verify` call."""
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
     from qcompiler.ir.io import save_model
     from qcompiler.lowering.lower import program_exporter
     from qcompiler.lowering.verify import verify_files

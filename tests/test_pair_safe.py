@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompiler.build import build
+from qcompiler.driver.build import build
 from qcompiler.errors import TargetError
 from qcompiler.quant.plan import pair_sum_max
 from qcompiler.target.loader import load_target

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_close, assert_same_outputs, op_count, ort_outputs, random_feeds
-from qcompiler.build import FP32_PIPELINE, build
-from qcompiler.testing import models
+from qcompiler.driver.build import FP32_PIPELINE, build
+from fixtures import models
 
 
 def compile_(model, pipeline=FP32_PIPELINE):

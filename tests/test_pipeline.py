@@ -11,13 +11,13 @@ import pytest
 
 from conftest import assert_same_outputs, random_feeds
 from qcompiler import Pass, register_pass
-from qcompiler.build import FP32_PIPELINE, build
+from qcompiler.driver.build import FP32_PIPELINE, build
 from qcompiler.errors import PassError, PipelineError, VerifyError
 from qcompiler.ir import format_ir, load_ir
 from qcompiler.pipeline import Context, PassManager, all_passes, build_pipeline
 from qcompiler.pipeline.dumps import DumpInstrument
 from qcompiler.pipeline.manager import parse_insertion
-from qcompiler.testing import models
+from fixtures import models
 
 
 # ----------------------------------------------------------------------------- test passes

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler.passes.calibrate as calibrate_pass
-from qcompiler.build import build
+from qcompiler.driver.build import build
 from qcompiler.ir import load_ir
 from qcompiler.pipeline.registry import all_passes
 from qcompiler.quant.derived import derivations, derived_ranges

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler.quant.input_grid as ig
-from qcompiler.build import build
+from qcompiler.driver.build import build
 from qcompiler.quant.qparams import compute_qparams, fake_quant
 from qcompiler.quant.scheme import QuantScheme
 

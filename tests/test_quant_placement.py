@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from qcompiler.build import build
-from qcompiler.testing.models import residual_concat_net
+from qcompiler.driver.build import build
+from fixtures.models import residual_concat_net
 
 QUANT_PIPELINE = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate",
                   "unify-concat-scales", "place-qdq", "fold-requant"]
@@ -179,7 +179,7 @@ def test_qop_matches_qdq_within_one_step(net, batches):
 
 
 def test_report_lists_float_reasons_and_counts(batches):
-    from qcompiler.testing.models import conv_bias_add_act
+    from fixtures.models import conv_bias_add_act
 
     m = conv_bias_add_act("HardSwish")
     name = m.graph.input[0].name

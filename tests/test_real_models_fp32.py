@@ -11,9 +11,9 @@ import onnx
 import pytest
 
 from conftest import assert_close, op_count, ort_run
-from qcompiler.build import FP32_PIPELINE, build
-from qcompiler.testing import tasks
-from qcompiler.testing.real_models import REAL_MODELS, real_model_path
+from qcompiler.driver.build import FP32_PIPELINE, build
+from fixtures import tasks
+from fixtures.real_models import REAL_MODELS, real_model_path
 
 PIPELINE = list(FP32_PIPELINE)
 

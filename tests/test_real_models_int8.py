@@ -8,9 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from qcompiler.build import build
-from qcompiler.testing import tasks
-from qcompiler.testing.real_models import real_model_path
+from qcompiler.driver.build import build
+from fixtures import tasks
+from fixtures.real_models import real_model_path
 
 # floors well under what these builds measure (bench/results/quant.md: rapid 42, cls 25,
 # det 10.7 dB with 64 samples) and far above a broken model

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from qcompiler.cli import main
-from qcompiler.testing.models import conv_bn_relu
+from qcompiler.cli.main import main
+from fixtures.models import conv_bn_relu
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_mixed_precision_force_replaces_both_files(work, capsys):
 
 
 def test_analyze_without_matplotlib_warns_first_and_writes_the_tables(work, capsys, monkeypatch):
-    import qcompiler.accuracy.plots as plots
+    import qcompiler.analysis.plots as plots
 
     monkeypatch.setattr(plots, "have_matplotlib", lambda: False)
     rc, _, err = run(capsys, "analyze", "model.onnx", "--target", "x86", "--calib", "calib.npy", "--out", "a", "-q")

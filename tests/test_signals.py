@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
-from qcompiler.testing.models import conv_bn_relu
+from fixtures.models import conv_bn_relu
 
 PLUGIN = Path(__file__).resolve().parent / "data" / "signals" / "pause_plugin.py"
 OLD = b"the previous output model"

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from qcompiler.build import build
-from qcompiler.cli import main
+from qcompiler.driver.build import build
+from qcompiler.cli.main import main
 from qcompiler.errors import ModelError
 from qcompiler.lowering.lower import lower_to_program
-from qcompiler.testing import models
+from fixtures import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "tiny_convnet.onnx")
@@ -87,8 +87,8 @@ def test_low_sqnr_build_warns_with_worst_tensors_and_exits_0(tmp_path, capsys):
 def test_arm64_within_a_db_of_x86_on_a_real_model():
     """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point and
     cuda's mse calibration keep x86's output SQNR (zero-point-free arm64-sym does not)."""
-    from qcompiler.testing import tasks
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures import tasks
+    from fixtures.real_models import real_model_path
 
     xs = tasks.text_line_task(48)[0]
     sq = {}
@@ -110,8 +110,8 @@ def test_recurrent_layers_count_in_the_mac_report(lstm):
 
 
 def _program_case(name):
-    from qcompiler.testing import tasks
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures import tasks
+    from fixtures.real_models import real_model_path
 
     rng = np.random.default_rng(3)
     if name == "yolox_like":

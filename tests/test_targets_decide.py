@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qcompiler.build import build
-from qcompiler.testing.models import residual_concat_net
+from qcompiler.driver.build import build
+from fixtures.models import residual_concat_net
 
 
 @pytest.fixture(scope="module")

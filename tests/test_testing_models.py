@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from qcompiler.testing import models as M
-from qcompiler.testing import tasks as T
-from qcompiler.testing.real_models import (REAL_MODELS, RealModelMissing, real_model_available,
+from fixtures import models as M
+from fixtures import tasks as T
+from fixtures.real_models import (REAL_MODELS, RealModelMissing, real_model_available,
                                            real_model_path)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

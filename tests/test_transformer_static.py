@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from bert_like import bert_like, embedding_agreement, padded_batches  # noqa: E402
 
-from qcompiler.build import build  # noqa: E402
+from qcompiler.driver.build import build  # noqa: E402
 from qcompiler.ir import load_ir  # noqa: E402
 from qcompiler.quant.attention_mask import mask_nodes, mask_tensors  # noqa: E402
 from qcompiler.target import load_target  # noqa: E402
@@ -125,8 +125,8 @@ def _tiny_convnet():
 
 def test_cnn_builds_are_unchanged():
     """tiny_convnet and PP-OCR cls: the same Q/DQ parameters with and without the passes."""
-    from qcompiler.testing import tasks
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures import tasks
+    from fixtures.real_models import real_model_path
 
     model, calib = _tiny_convnet()
     name = model.graph.input[0].name

