@@ -3,7 +3,8 @@
 BN(y) = y * a + b with a = gamma / sqrt(var + eps), b = beta - mean * a, per channel.
 Conv / ConvTranspose / Gemm / MatMul(const weight) absorb a into their weights (new
 initializers: a weight shared with another consumer is never modified) and b into their
-bias. A BN that cannot be folded becomes Mul + Add with per-channel constants.
+bias. A BN that cannot be folded becomes Mul + Add with per-channel constants. Both are
+qcompiler.rewrite patterns (below); the reasons a BN stays are the report's `kept`.
 """
 
 from __future__ import annotations

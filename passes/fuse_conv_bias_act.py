@@ -9,6 +9,8 @@ The activation that follows (Relu, Clip/ReLU6, LeakyRelu, HardSwish, HardSigmoid
 Sigmoid*x i.e. SiLU) joins the conv in a FusedRegion: later quantization
 passes place no quantization point inside a region. A region never swallows a tensor
 that is a graph output or read by a node outside the region.
+
+Each step is a qcompiler.rewrite pattern (below); the checks say why a match is left alone.
 """
 
 from __future__ import annotations
@@ -114,9 +116,10 @@ def _gemm_bias_reason(ir, m) -> Optional[str]:
 def _matmul_add_to_gemm(b, m):
     """MatMul(a, W) -> Add(c) as Gemm(a, W, c); the Gemm keeps the MatMul's name and output."""
     mm, w = m.anchor, b.const_value(m["w"])
-    n = int(w.shape[1])
-    bias = b.constant(f"{mm.name}_bias", np.broadcast_to(b.const_value(m["c"]).reshape(-1), (n,)).astype(w.dtype))
-    gemm = b.replace_node(mm, "Gemm", [m["a"], m["w"], bias], {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0})
+    c = np.broadcast_to(b.const_value(m["c"]).reshape(-1), (int(w.shape[1]),))
+    bias = b.constant(f"{mm.name}_bias", c.astype(w.dtype))
+    gemm = b.replace_node(mm, "Gemm", [m["a"], m["w"], bias],
+                          {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0})
     return gemm.outputs[0]
 
 
