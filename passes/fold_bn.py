@@ -29,11 +29,13 @@ class FoldBatchNorm(Pass):
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
+        plans: dict = {}  # id(bn) -> the values a check read, for the replacement that follows it
         # repeat: Conv -> BN -> BN folds both into the conv
-        folded = rewrite(ir, INTO_PRODUCER, _fold_into_producer, name="fold-bn-into-producer",
-                         check=lambda m: _fold_reason(ir, m), repeat=True)
-        standalone = rewrite(ir, STANDALONE, _to_mul_add, name="bn-to-mul-add",
-                             check=lambda m: _mul_add_reason(ir, m.anchor))
+        folded = rewrite(ir, INTO_PRODUCER, lambda b, m: _fold_into_producer(b, m, plans),
+                         check=lambda m: _fold_reason(ir, m, plans), name="fold-bn-into-producer",
+                         repeat=True)
+        standalone = rewrite(ir, STANDALONE, lambda b, m: _to_mul_add(b, m, plans),
+                             check=lambda m: _mul_add_reason(ir, m.anchor, plans), name="bn-to-mul-add")
         kept = []
         for name, reason in standalone.rejected:
             kept.append(name)
@@ -58,8 +60,8 @@ def _bn_affine(ir, bn) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     return a, b
 
 
-def _fold_reason(ir, m) -> Optional[str]:
-    """Why the BN cannot fold into its producer (None: it can)."""
+def _fold_reason(ir, m, plans: dict) -> Optional[str]:
+    """Why the BN cannot fold into its producer (None: it can, and plans has its values)."""
     p, bn, x = m.anchor, m["BatchNormalization"], m.anchor.outputs[0]
     ab = _bn_affine(ir, bn)
     if ab is None:
@@ -85,14 +87,14 @@ def _fold_reason(ir, m) -> Optional[str]:
         cout = w.shape[1]
     if a.size != cout:
         return f"{a.size} BatchNormalization channels for {cout} output channels"
+    plans[id(bn)] = ab + (w, c)
     return None
 
 
-def _fold_into_producer(b, m):
+def _fold_into_producer(b, m, plans: dict):
     """The weighted op absorbs BN(y) = y * a + b; returns what now carries the BN's output."""
     p, bn = m.anchor, m["BatchNormalization"]
-    a, shift = _bn_affine(b, bn)
-    w = b.const_value(m["w"])
+    a, shift, w, c = plans.pop(id(bn))
     if p.op in ("Conv", "ConvTranspose"):
         if p.op == "Conv":
             cout = w.shape[0]
@@ -109,7 +111,7 @@ def _fold_into_producer(b, m):
             new_w = w * scale.astype(w.dtype)
         else:
             new_w = (w.astype(np.float64) * scale).astype(w.dtype)
-        old_b = _bias_of(b, p, 2, cout, w.dtype)
+        old_b = np.zeros(cout) if c is None else np.asarray(c, dtype=np.float64).reshape(-1)
         new_b = (old_b * a + shift).astype(w.dtype)
         b.set_input(p, 1, b.constant(p.inputs[1].name + "_bnfold", new_w))
         b.set_input(p, 2, b.constant(f"{p.name}_bias_bnfold", new_b))
@@ -119,7 +121,7 @@ def _fold_into_producer(b, m):
         n = w.shape[0] if trans_b else w.shape[1]
         new_w = w.astype(np.float64) * (a[:, None] if trans_b else a[None, :])
         beta = float(p.attrs.get("beta", 1.0))
-        c = b.const_value(m["c"]) if m["c"] is not None else np.zeros(n)
+        c = np.zeros(n) if c is None else c
         new_c = (beta * np.broadcast_to(c.reshape(-1), (n,)) * a + shift).astype(w.dtype)
         p.attrs["beta"] = 1.0
         b.set_input(p, 1, b.constant(p.inputs[1].name + "_bnfold", new_w.astype(w.dtype)))
@@ -139,27 +141,21 @@ def _is_2d(t) -> bool:
     return t.shape is not None and len(t.shape) == 2
 
 
-def _bias_of(ir, node, index, size, dtype) -> np.ndarray:
-    if len(node.inputs) > index and node.inputs[index].name:
-        v = ir.const_value(node.inputs[index])
-        if v is not None:
-            return np.asarray(v, dtype=np.float64).reshape(-1)
-    return np.zeros(size, dtype=np.float64)
-
-
-def _mul_add_reason(ir, bn) -> Optional[str]:
-    if _bn_affine(ir, bn) is None:
+def _mul_add_reason(ir, bn, plans: dict) -> Optional[str]:
+    ab = _bn_affine(ir, bn)
+    if ab is None:
         return NOT_AFFINE
     x = bn.inputs[0]
     if x.shape is None or len(x.shape) < 2:
         return "BatchNormalization input rank is unknown or below 2"
+    plans[id(bn)] = ab
     return None
 
 
-def _to_mul_add(b, m):
+def _to_mul_add(b, m, plans: dict):
     """BN(x) as x * a + b with per-channel constants."""
     bn = m.anchor
-    a, shift = _bn_affine(b, bn)
+    a, shift = plans.pop(id(bn))
     x = bn.inputs[0]
     rank = len(x.shape)
     dtype = np.dtype(x.dtype) if x.dtype is not None else np.dtype(np.float32)

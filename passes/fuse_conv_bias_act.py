@@ -40,15 +40,20 @@ class FuseConvBiasAct(Pass):
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
         taken = {n for r in ir.ann.regions.values() for n in r.nodes}  # earlier regions keep theirs
+        weights: dict = {}  # id(conv) -> its weight (this pass never changes a weight)
+        plans: dict = {}  # id(add) -> (added constant, old bias), from the check to the replacement
 
         def free_conv(m):
             conv = m.anchor
             if conv.name in taken:
                 return f"{conv.name} is already in a fused region"
-            return None if ir.const_value(conv.inputs[1]) is not None else "weight is not an initializer"
+            if id(conv) not in weights:
+                weights[id(conv)] = ir.const_value(conv.inputs[1])
+            return None if weights[id(conv)] is not None else "weight is not an initializer"
 
-        biases = rewrite(ir, CONV_BIAS_ADD, _fold_bias_add, name="conv-bias-add",
-                         check=lambda m: free_conv(m) or _bias_add_reason(ir, m))
+        biases = rewrite(ir, CONV_BIAS_ADD, lambda b, m: _fold_bias_add(b, m, weights, plans),
+                         check=lambda m: free_conv(m) or _bias_add_reason(ir, m, weights, plans),
+                         name="conv-bias-add")
         kinds: dict = {}
 
         def record_region(b, m):
@@ -66,37 +71,36 @@ class FuseConvBiasAct(Pass):
         return biases.rewritten + regions.rewritten + gemms.rewritten > 0
 
 
-def _out_channels(ir, conv) -> Optional[int]:
-    w = ir.const_value(conv.inputs[1])
+def _out_channels(conv, w) -> int:
     if conv.op == "Conv":
         return int(w.shape[0])
     return int(w.shape[1]) * int(conv.attrs.get("group", 1))
 
 
-def _bias_add_reason(ir, m) -> Optional[str]:
-    """Why the Add is not a per-channel bias of the conv (None: it is)."""
+def _bias_add_reason(ir, m, weights: dict, plans: dict) -> Optional[str]:
+    """Why the Add is not a per-channel bias of the conv (None: it is, and plans has its values)."""
     conv, y = m.anchor, m.anchor.outputs[0]
     c = ir.const_value(m["c"])
     if c is None or y.shape is None or c.ndim > len(y.shape):
         return "the added constant is not an initializer, or the conv output's rank is unknown"
-    if m["b"] is not None and ir.const_value(m["b"]) is None:
+    old = ir.const_value(m["b"]) if m["b"] is not None else None
+    if m["b"] is not None and old is None:
         return "the conv's bias is not an initializer"
     shape = (1,) * (len(y.shape) - c.ndim) + tuple(c.shape)  # right-aligned broadcast
-    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, _out_channels(ir, conv)):
+    cout = _out_channels(conv, weights[id(conv)])
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, cout):
         return f"the added constant of shape {tuple(c.shape)} is not per output channel"
+    plans[id(m["Add"])] = (c, old)
     return None
 
 
-def _fold_bias_add(b, m):
+def _fold_bias_add(b, m, weights: dict, plans: dict):
     """conv + c -> conv with bias b + c; the conv's output replaces the Add's."""
-    conv = m.anchor
-    c = b.const_value(m["c"])
-    cout = _out_channels(b, conv)
+    conv, w = m.anchor, weights[id(m.anchor)]
+    c, old_bias = plans.pop(id(m["Add"]))
+    cout = _out_channels(conv, w)
     add_vec = np.broadcast_to(c.reshape(-1), (cout,)).astype(np.float64)
-    w = b.const_value(m["w"])
-    old = np.zeros(cout)
-    if m["b"] is not None:
-        old = np.asarray(b.const_value(m["b"]), dtype=np.float64).reshape(-1)
+    old = np.zeros(cout) if old_bias is None else np.asarray(old_bias, dtype=np.float64).reshape(-1)
     b.set_input(conv, 2, b.constant(f"{conv.name}_bias", (old + add_vec).astype(w.dtype)))
     return conv.outputs[0]
 

@@ -140,9 +140,9 @@ def rewrite(ir, pattern: Pattern, replacement: Callable[[Builder, Match], Any], 
     anchors = set(m.pattern.anchor_ops)
     taken: set[int] = set()
     dead: dict[int, Any] = {}  # dropped nodes, removed in one go at the end
+    graph_outputs = {id(t) for t in ir.graph.outputs}  # again after each replacement
     for node in [n for n in ir.graph.nodes if n.op in anchors]:
         while id(node) not in dead and id(node) not in taken and node.outputs:
-            graph_outputs = {id(t) for t in ir.graph.outputs}
             found = _match(m, node, graph_outputs, taken, dead)
             if not found:
                 break
@@ -152,14 +152,14 @@ def rewrite(ir, pattern: Pattern, replacement: Callable[[Builder, Match], Any], 
             if why:
                 result.rejected.append((node.name, why))
                 break
+            old = found.output  # before the replacement: it may move the last node's outputs
             new = replacement(Builder(ir, found), found)
             result.rewritten += 1
             dropped = 0
+            if new is not None and new is not old:
+                ir.replace_uses(old, new)
+            graph_outputs = {id(t) for t in ir.graph.outputs}
             if new is not None:
-                old = found.output
-                if new is not old:
-                    ir.replace_uses(old, new)
-                graph_outputs = {id(t) for t in ir.graph.outputs}
                 for n in reversed(found.nodes):  # readers first: a chain dies from its end
                     if _unread(n, graph_outputs, dead):
                         dead[id(n)] = n
