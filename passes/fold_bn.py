@@ -3,7 +3,8 @@
 BN(y) = y * a + b with a = gamma / sqrt(var + eps), b = beta - mean * a, per channel.
 Conv / ConvTranspose / Gemm / MatMul(const weight) absorb a into their weights (new
 initializers: a weight shared with another consumer is never modified) and b into their
-bias. A BN that cannot be folded becomes Mul + Add with per-channel constants.
+bias. A BN that cannot be folded becomes Mul + Add with per-channel constants. Both are
+qcompiler.rewrite patterns (below); the reasons a BN stays are the report's `kept`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from typing import Optional, Tuple
 import numpy as np
 
 from qcompiler.pipeline.registry import Pass, register_pass
+from qcompiler.rewrite import rewrite
+
+
+# a weighted op whose only reader is the BatchNormalization
+INTO_PRODUCER = "(Conv | ConvTranspose | Gemm | MatMul)(x, w:const, c?) -> BatchNormalization"
+STANDALONE = "BatchNormalization"
+NOT_AFFINE = "BatchNormalization in training mode or with non-constant statistics"
 
 
 @register_pass("fold-bn", requires={"canonical"}, provides={"bn-folded"})
@@ -21,24 +29,20 @@ class FoldBatchNorm(Pass):
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
-        folded, standalone, kept = 0, 0, []
-        dead: dict = {}  # id -> folded BN, all removed at once below (remove_node is O(nodes) each)
-        for bn in [n for n in ir.graph.nodes if n.op == "BatchNormalization" and n.domain in ("", None)]:
-            ab = _bn_affine(ir, bn)
-            if ab is None:
-                kept.append(bn.name)
-                ir.ann.float_reasons[bn.name] = "BatchNormalization in training mode or with non-constant statistics"
-                continue
-            a, b = ab
-            if _fold_into_producer(ir, bn, a, b, dead):
-                folded += 1
-            elif _to_mul_add(ir, bn, a, b, dead):
-                standalone += 1
-            else:
-                kept.append(bn.name)
-        ir.remove_nodes(dead.values())
-        rep.update(folded=folded, to_mul_add=standalone, kept=kept)
-        return folded + standalone > 0
+        plans: dict = {}  # id(bn) -> the values a check read, for the replacement that follows it
+        # repeat: Conv -> BN -> BN folds both into the conv
+        folded = rewrite(ir, INTO_PRODUCER, lambda b, m: _fold_into_producer(b, m, plans),
+                         check=lambda m: _fold_reason(ir, m, plans), name="fold-bn-into-producer",
+                         repeat=True)
+        standalone = rewrite(ir, STANDALONE, lambda b, m: _to_mul_add(b, m, plans),
+                             check=lambda m: _mul_add_reason(ir, m.anchor, plans), name="bn-to-mul-add")
+        kept = []
+        for name, reason in standalone.rejected:
+            kept.append(name)
+            if reason == NOT_AFFINE:
+                ir.ann.float_reasons[name] = reason
+        rep.update(folded=folded.rewritten, to_mul_add=standalone.rewritten, kept=kept)
+        return folded.rewritten + standalone.rewritten > 0
 
 
 def _bn_affine(ir, bn) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -56,20 +60,42 @@ def _bn_affine(ir, bn) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     return a, b
 
 
-def _single_use(ir, t, dead) -> bool:
-    # BNs already folded in this run still read t until they are removed at the end.
-    return sum(1 for c in t.outputs if id(c) not in dead) == 1 and not ir.is_graph_output(t)
+def _fold_reason(ir, m, plans: dict) -> Optional[str]:
+    """Why the BN cannot fold into its producer (None: it can, and plans has its values)."""
+    p, bn, x = m.anchor, m["BatchNormalization"], m.anchor.outputs[0]
+    ab = _bn_affine(ir, bn)
+    if ab is None:
+        return NOT_AFFINE
+    a = ab[0]
+    w = ir.const_value(m["w"])
+    c = ir.const_value(m["c"]) if m["c"] is not None else None
+    if w is None or (m["c"] is not None and c is None):
+        return "the weight or bias is not an initializer"
+    if p.op == "Conv":
+        cout = w.shape[0]
+    elif p.op == "ConvTranspose":
+        cout = w.shape[1] * int(p.attrs.get("group", 1))
+    elif not _is_2d(x):  # BN normalises axis 1, which is the last axis only for 2-D outputs
+        return f"{p.op} output is not 2-D"
+    elif p.op == "Gemm":
+        cout = w.shape[0] if int(p.attrs.get("transB", 0)) else w.shape[1]
+        if c is not None and (c.size not in (1, cout) or (c.ndim == 2 and c.shape[0] != 1)):
+            return "the Gemm's C is not a bias over the output features"
+    else:  # MatMul
+        if w.ndim != 2:
+            return "the MatMul weight is not 2-D"
+        cout = w.shape[1]
+    if a.size != cout:
+        return f"{a.size} BatchNormalization channels for {cout} output channels"
+    plans[id(bn)] = ab + (w, c)
+    return None
 
 
-def _fold_into_producer(ir, bn, a, b, dead) -> bool:
-    x = bn.inputs[0]
-    p = ir.producer(x)
-    if p is None or not _single_use(ir, x, dead) or p.domain not in ("", None):
-        return False
+def _fold_into_producer(b, m, plans: dict):
+    """The weighted op absorbs BN(y) = y * a + b; returns what now carries the BN's output."""
+    p, bn = m.anchor, m["BatchNormalization"]
+    a, shift, w, c = plans.pop(id(bn))
     if p.op in ("Conv", "ConvTranspose"):
-        w = ir.const_value(p.inputs[1]) if len(p.inputs) > 1 else None
-        if w is None:
-            return False
         if p.op == "Conv":
             cout = w.shape[0]
             scale = a.reshape((-1,) + (1,) * (w.ndim - 1))
@@ -77,91 +103,68 @@ def _fold_into_producer(ir, bn, a, b, dead) -> bool:
             group = int(p.attrs.get("group", 1))
             cin, cpg = w.shape[0], w.shape[1]
             cout = cpg * group
-            if a.size != cout:
-                return False
             scale = np.repeat(a.reshape(group, 1, cpg), cin // group, axis=1).reshape(cin, cpg)
             scale = scale.reshape((cin, cpg) + (1,) * (w.ndim - 2))
-        if a.size != cout:
-            return False
         # in the weight's dtype, as ONNX Runtime folds: a float64 copy of every weight made
         # this pass a tenth of a ResNet-18 build
         if w.dtype.kind == "f":
             new_w = w * scale.astype(w.dtype)
         else:
             new_w = (w.astype(np.float64) * scale).astype(w.dtype)
-        old_b = _bias_of(ir, p, 2, cout, w.dtype)
-        new_b = (old_b * a + b).astype(w.dtype)
-        ir.set_input(p, 1, ir.constant(p.inputs[1].name + "_bnfold", new_w))
-        ir.set_input(p, 2, ir.constant(f"{p.name}_bias_bnfold", new_b))
-    elif p.op == "Gemm":
-        if not _is_2d(x):
-            return False
-        w = ir.const_value(p.inputs[1])
-        if w is None:
-            return False
+        old_b = np.zeros(cout) if c is None else np.asarray(c, dtype=np.float64).reshape(-1)
+        new_b = (old_b * a + shift).astype(w.dtype)
+        b.set_input(p, 1, b.constant(p.inputs[1].name + "_bnfold", new_w))
+        b.set_input(p, 2, b.constant(f"{p.name}_bias_bnfold", new_b))
+        return p.outputs[0]
+    if p.op == "Gemm":
         trans_b = int(p.attrs.get("transB", 0))
-        m = w.shape[0] if trans_b else w.shape[1]
-        if a.size != m:
-            return False
+        n = w.shape[0] if trans_b else w.shape[1]
         new_w = w.astype(np.float64) * (a[:, None] if trans_b else a[None, :])
         beta = float(p.attrs.get("beta", 1.0))
-        c = ir.const_value(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2].name else np.zeros(m)
-        if c is None or c.size not in (1, m) or (c.ndim == 2 and c.shape[0] != 1):
-            return False
-        new_c = (beta * np.broadcast_to(c.reshape(-1), (m,)) * a + b).astype(w.dtype)
+        c = np.zeros(n) if c is None else c
+        new_c = (beta * np.broadcast_to(c.reshape(-1), (n,)) * a + shift).astype(w.dtype)
         p.attrs["beta"] = 1.0
-        ir.set_input(p, 1, ir.constant(p.inputs[1].name + "_bnfold", new_w.astype(w.dtype)))
-        ir.set_input(p, 2, ir.constant(f"{p.name}_bias_bnfold", new_c))
-    elif p.op == "MatMul":
-        if not _is_2d(x):
-            return False  # BN normalises axis 1, which is MatMul's last axis only for 2-D outputs
-        w = ir.const_value(p.inputs[1])
-        if w is None or w.ndim != 2 or w.shape[1] != a.size:
-            return False
-        new_w = (w.astype(np.float64) * a[None, :]).astype(w.dtype)
-        ir.set_input(p, 1, ir.constant(p.inputs[1].name + "_bnfold", new_w))
-        bias = ir.constant(f"{p.name}_bias_bnfold", b.astype(w.dtype))
-        mm_out = p.outputs[0]
-        add_out = ir.variable(f"{p.name}_biased", dtype=mm_out.dtype, shape=mm_out.shape)
-        ir.replace_uses(bn.outputs[0], add_out)
-        dead[id(bn)] = bn
-        ir.add_node("Add", [mm_out, bias], [add_out], name=f"{p.name}_bias")
-        return True
-    else:
-        return False
-    # The weighted op now produces what BN produced.
-    out = bn.outputs[0]
-    ir.replace_uses(out, p.outputs[0])
-    dead[id(bn)] = bn
-    return True
+        b.set_input(p, 1, b.constant(p.inputs[1].name + "_bnfold", new_w.astype(w.dtype)))
+        b.set_input(p, 2, b.constant(f"{p.name}_bias_bnfold", new_c))
+        return p.outputs[0]
+    # MatMul: scaled weight, then an Add of the shift
+    new_w = (w.astype(np.float64) * a[None, :]).astype(w.dtype)
+    b.set_input(p, 1, b.constant(p.inputs[1].name + "_bnfold", new_w))
+    bias = b.constant(f"{p.name}_bias_bnfold", shift.astype(w.dtype))
+    mm_out = p.outputs[0]
+    add_out = b.variable(f"{p.name}_biased", dtype=mm_out.dtype, shape=mm_out.shape)
+    b.add_node("Add", [mm_out, bias], [add_out], name=f"{p.name}_bias")
+    return add_out
 
 
 def _is_2d(t) -> bool:
     return t.shape is not None and len(t.shape) == 2
 
 
-def _bias_of(ir, node, index, size, dtype) -> np.ndarray:
-    if len(node.inputs) > index and node.inputs[index].name:
-        v = ir.const_value(node.inputs[index])
-        if v is not None:
-            return np.asarray(v, dtype=np.float64).reshape(-1)
-    return np.zeros(size, dtype=np.float64)
-
-
-def _to_mul_add(ir, bn, a, b, dead) -> bool:
+def _mul_add_reason(ir, bn, plans: dict) -> Optional[str]:
+    ab = _bn_affine(ir, bn)
+    if ab is None:
+        return NOT_AFFINE
     x = bn.inputs[0]
-    rank = len(x.shape) if x.shape is not None else None
-    if rank is None or rank < 2:
-        return False
+    if x.shape is None or len(x.shape) < 2:
+        return "BatchNormalization input rank is unknown or below 2"
+    plans[id(bn)] = ab
+    return None
+
+
+def _to_mul_add(b, m, plans: dict):
+    """BN(x) as x * a + b with per-channel constants."""
+    bn = m.anchor
+    a, shift = plans.pop(id(bn))
+    x = bn.inputs[0]
+    rank = len(x.shape)
     dtype = np.dtype(x.dtype) if x.dtype is not None else np.dtype(np.float32)
     shape = (a.size,) + (1,) * (rank - 2)  # broadcasts along axis 1 from the right
     out = bn.outputs[0]
-    mul_out = ir.variable(f"{bn.name}_scaled", dtype=x.dtype, shape=x.shape)
-    new_out = ir.variable(f"{bn.name}_shifted", dtype=out.dtype, shape=out.shape)
-    ir.replace_uses(out, new_out)
-    dead[id(bn)] = bn
-    ir.add_node("Mul", [x, ir.constant(f"{bn.name}_a", a.reshape(shape).astype(dtype))], [mul_out],
-                name=f"{bn.name}_mul")
-    ir.add_node("Add", [mul_out, ir.constant(f"{bn.name}_b", b.reshape(shape).astype(dtype))], [new_out],
-                name=f"{bn.name}_add")
-    return True
+    mul_out = b.variable(f"{bn.name}_scaled", dtype=x.dtype, shape=x.shape)
+    new_out = b.variable(f"{bn.name}_shifted", dtype=out.dtype, shape=out.shape)
+    b.add_node("Mul", [x, b.constant(f"{bn.name}_a", a.reshape(shape).astype(dtype))], [mul_out],
+               name=f"{bn.name}_mul")
+    b.add_node("Add", [mul_out, b.constant(f"{bn.name}_b", shift.reshape(shape).astype(dtype))],
+               [new_out], name=f"{bn.name}_add")
+    return new_out

@@ -9,20 +9,28 @@ The activation that follows (Relu, Clip/ReLU6, LeakyRelu, HardSwish, HardSigmoid
 Sigmoid*x i.e. SiLU) joins the conv in a FusedRegion: later quantization
 passes place no quantization point inside a region. A region never swallows a tensor
 that is a graph output or read by a node outside the region.
+
+Each step is a qcompiler.rewrite pattern (below); the checks say why a match is left alone.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
 from qcompiler.ir.annotations import FusedRegion
 from qcompiler.pipeline.registry import Pass, register_pass
+from qcompiler.rewrite import match, rewrite
 
-CONVS = ("Conv", "ConvTranspose")
-SIMPLE_ACTS = ("Relu", "Clip", "LeakyRelu", "HardSwish")
-GATED_ACTS = ("HardSigmoid", "Sigmoid")  # x * gate(x)
+CONVS = "(Conv | ConvTranspose)"
+# a per-channel bias Add after a conv (its bias folds into the conv's)
+CONV_BIAS_ADD = f"{CONVS}(x, w:const, b?:const) -> Add(_, c:const)"
+# the conv with the activation that joins its region (a non-constant Clip does not)
+CONV_ACT = f"{CONVS}(x, w:const, b?) -> (Relu | Clip | LeakyRelu | HardSwish)?"
+# x * gate(x): the conv output feeds the gate and the Mul, the gate only the Mul
+GATED_ACT = "(HardSigmoid | Sigmoid)(y) -> Mul(_, y)"
+MATMUL_BIAS_ADD = "MatMul(a, w:const) -> Add(_, c:const)"
 
 
 @register_pass("fuse-conv-bias-act", requires={"canonical"}, provides={"fused"})
@@ -31,80 +39,92 @@ class FuseConvBiasAct(Pass):
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
-        biases, regions = 0, 0
+        taken = {n for r in ir.ann.regions.values() for n in r.nodes}  # earlier regions keep theirs
+        weights: dict = {}  # id(conv) -> its weight (this pass never changes a weight)
+        plans: dict = {}  # id(add) -> (added constant, old bias), from the check to the replacement
+
+        def free_conv(m):
+            conv = m.anchor
+            if conv.name in taken:
+                return f"{conv.name} is already in a fused region"
+            if id(conv) not in weights:
+                weights[id(conv)] = ir.const_value(conv.inputs[1])
+            return None if weights[id(conv)] is not None else "weight is not an initializer"
+
+        biases = rewrite(ir, CONV_BIAS_ADD, lambda b, m: _fold_bias_add(b, m, weights, plans),
+                         check=lambda m: free_conv(m) or _bias_add_reason(ir, m, weights, plans),
+                         name="conv-bias-add")
         kinds: dict = {}
-        taken = {n for r in ir.ann.regions.values() for n in r.nodes}
-        for conv in [n for n in ir.graph.nodes if n.op in CONVS and n.domain in ("", None)]:
-            if conv.name in taken or ir.const_value(conv.inputs[1]) is None:
-                continue
-            if _fold_bias_add(ir, conv):
-                biases += 1
-            members, kind = _activation_chain(ir, conv)
-            name = f"fused_{conv.name}"
+
+        def record_region(b, m):
+            members, kind = _region(b.ir, m)
+            name = f"fused_{m.anchor.name}"
             ir.ann.regions[name] = FusedRegion(name=name, kind=kind, nodes=[n.name for n in members])
-            taken.update(n.name for n in members)
             kinds[kind] = kinds.get(kind, 0) + 1
-            regions += 1
-        gemms = 0
-        for mm in [n for n in ir.graph.nodes if n.op == "MatMul" and n.domain in ("", None)]:
-            if mm.name not in taken and _matmul_add_to_gemm(ir, mm):
-                gemms += 1
-        rep.update(bias_adds_folded=biases, regions=regions, kinds=dict(sorted(kinds.items())),
-                   matmul_add_to_gemm=gemms)
-        return biases + regions + gemms > 0
+
+        regions = rewrite(ir, CONV_ACT, record_region, name="conv-act", check=free_conv)
+        gemms = rewrite(ir, MATMUL_BIAS_ADD, _matmul_add_to_gemm, name="matmul-add-to-gemm",
+                        check=lambda m: (f"{m.anchor.name} is already in a fused region"
+                                         if m.anchor.name in taken else _gemm_bias_reason(ir, m)))
+        rep.update(bias_adds_folded=biases.rewritten, regions=regions.rewritten,
+                   kinds=dict(sorted(kinds.items())), matmul_add_to_gemm=gemms.rewritten)
+        return biases.rewritten + regions.rewritten + gemms.rewritten > 0
 
 
-def _out_channels(ir, conv) -> Optional[int]:
-    w = ir.const_value(conv.inputs[1])
+def _out_channels(conv, w) -> int:
     if conv.op == "Conv":
         return int(w.shape[0])
     return int(w.shape[1]) * int(conv.attrs.get("group", 1))
 
 
-def _fold_bias_add(ir, conv) -> bool:
-    add = ir.sole_consumer(conv.outputs[0])
-    if add is None or add.op != "Add" or add.domain not in ("", None):
-        return False
-    other = add.inputs[1] if add.inputs[0] is conv.outputs[0] else add.inputs[0]
-    c = ir.const_value(other)
-    y = conv.outputs[0]
+def _bias_add_reason(ir, m, weights: dict, plans: dict) -> Optional[str]:
+    """Why the Add is not a per-channel bias of the conv (None: it is, and plans has its values)."""
+    conv, y = m.anchor, m.anchor.outputs[0]
+    c = ir.const_value(m["c"])
     if c is None or y.shape is None or c.ndim > len(y.shape):
-        return False
-    cout = _out_channels(ir, conv)
+        return "the added constant is not an initializer, or the conv output's rank is unknown"
+    old = ir.const_value(m["b"]) if m["b"] is not None else None
+    if m["b"] is not None and old is None:
+        return "the conv's bias is not an initializer"
     shape = (1,) * (len(y.shape) - c.ndim) + tuple(c.shape)  # right-aligned broadcast
+    cout = _out_channels(conv, weights[id(conv)])
     if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, cout):
-        return False  # not a per-channel bias
+        return f"the added constant of shape {tuple(c.shape)} is not per output channel"
+    plans[id(m["Add"])] = (c, old)
+    return None
+
+
+def _fold_bias_add(b, m, weights: dict, plans: dict):
+    """conv + c -> conv with bias b + c; the conv's output replaces the Add's."""
+    conv, w = m.anchor, weights[id(m.anchor)]
+    c, old_bias = plans.pop(id(m["Add"]))
+    cout = _out_channels(conv, w)
     add_vec = np.broadcast_to(c.reshape(-1), (cout,)).astype(np.float64)
-    w = ir.const_value(conv.inputs[1])
-    old = np.zeros(cout)
-    if len(conv.inputs) > 2 and conv.inputs[2].name:
-        old = np.asarray(ir.const_value(conv.inputs[2]), dtype=np.float64).reshape(-1)
-    ir.set_input(conv, 2, ir.constant(f"{conv.name}_bias", (old + add_vec).astype(w.dtype)))
-    ir.replace_uses(add.outputs[0], y)
-    ir.remove_node(add)
-    return True
+    old = np.zeros(cout) if old_bias is None else np.asarray(old_bias, dtype=np.float64).reshape(-1)
+    b.set_input(conv, 2, b.constant(f"{conv.name}_bias", (old + add_vec).astype(w.dtype)))
+    return conv.outputs[0]
 
 
-def _matmul_add_to_gemm(ir, mm) -> bool:
-    """MatMul(a [M, K], W:const [K, N]) -> Add(c:const, broadcasting to [N]) as Gemm(a, W, c)."""
-    a, w_t = mm.inputs[0], mm.inputs[1]
-    w = ir.const_value(w_t)
-    if w is None or w.ndim != 2 or _rank(a) != 2:
-        return False
-    add = ir.sole_consumer(mm.outputs[0])
-    if add is None or add.op != "Add" or add.domain not in ("", None):
-        return False
-    other = add.inputs[1] if add.inputs[0] is mm.outputs[0] else add.inputs[0]
-    c = ir.const_value(other)
+def _gemm_bias_reason(ir, m) -> Optional[str]:
+    """MatMul(a [M, K], W [K, N]) -> Add(c) is a Gemm when c broadcasts to [N] (None: it is)."""
+    w, c = ir.const_value(m["w"]), ir.const_value(m["c"])
+    if w is None or w.ndim != 2 or _rank(m["a"]) != 2:
+        return "not a 2-D MatMul with an initializer weight"
     n = int(w.shape[1])
     if c is None or c.ndim > 2 or c.dtype != w.dtype or (c.ndim == 2 and c.shape[0] != 1) \
             or (c.size not in (1, n)):
-        return False  # not a bias over the output features
-    bias = ir.constant(f"{mm.name}_bias", np.broadcast_to(c.reshape(-1), (n,)).astype(w.dtype))
-    gemm = ir.replace_node(mm, "Gemm", [a, w_t, bias], {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0})
-    ir.replace_uses(add.outputs[0], gemm.outputs[0])
-    ir.remove_node(add)
-    return True
+        return "the added constant is not a bias over the output features"
+    return None
+
+
+def _matmul_add_to_gemm(b, m):
+    """MatMul(a, W) -> Add(c) as Gemm(a, W, c); the Gemm keeps the MatMul's name and output."""
+    mm, w = m.anchor, b.const_value(m["w"])
+    c = np.broadcast_to(b.const_value(m["c"]).reshape(-1), (int(w.shape[1]),))
+    bias = b.constant(f"{mm.name}_bias", c.astype(w.dtype))
+    gemm = b.replace_node(mm, "Gemm", [m["a"], m["w"], bias],
+                          {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0})
+    return gemm.outputs[0]
 
 
 def _rank(t) -> Optional[int]:
@@ -121,30 +141,24 @@ def _rank(t) -> Optional[int]:
     return None
 
 
-def _activation_chain(ir, conv):
-    """The conv plus the activation nodes that can join its region, and a kind label."""
-    y = conv.outputs[0]
+def _region(ir, m):
+    """The conv plus the activation nodes that join its region, and a kind label."""
+    conv, act = m.anchor, m.slots[1]
     has_bias = len(conv.inputs) > 2 and bool(conv.inputs[2].name)
     label = conv.op.lower() + ("+bias" if has_bias else "")
-    members: List = [conv]
-    if ir.is_graph_output(y):
-        return members, label
-    users = list(y.outputs)
-    if len(users) == 1 and users[0].op in SIMPLE_ACTS and users[0].domain in ("", None):
-        act = users[0]
+    if act is not None:
         if act.op == "Clip" and not _clip_is_constant(ir, act):
-            return members, label
-        return members + [act], f"{label}+{act.op.lower()}"
-    # x * gate(x): the conv output feeds the gate and the Mul, and the gate feeds the same Mul.
-    if len(users) == 2:
-        gate = next((u for u in users if u.op in GATED_ACTS), None)
-        mul = next((u for u in users if u.op == "Mul"), None)
-        if gate is not None and mul is not None and gate.outputs[0] in mul.inputs:
-            g = gate.outputs[0]
-            if len(g.outputs) == 1 and not ir.is_graph_output(g):
-                kind = "silu" if gate.op == "Sigmoid" else "hardsigmoid*x"
-                return members + [gate, mul], f"{label}+{kind}"
-    return members, label
+            return [conv], label
+        return [conv, act], f"{label}+{act.op.lower()}"
+    y = conv.outputs[0]
+    if ir.is_graph_output(y) or len(y.outputs) != 2:
+        return [conv], label
+    for gate in y.outputs:
+        gated = match(ir, GATED_ACT, gate) if gate.op in ("HardSigmoid", "Sigmoid") else None
+        if gated and gated["y"] is y:
+            kind = "silu" if gate.op == "Sigmoid" else "hardsigmoid*x"
+            return [conv, gate, gated["Mul"]], f"{label}+{kind}"
+    return [conv], label
 
 
 def _clip_is_constant(ir, clip) -> bool:

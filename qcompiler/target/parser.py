@@ -62,6 +62,33 @@ def _parser() -> Lark:
     )
 
 
+# a pattern on its own (the rewrite API): a chain and its clauses, without `pattern NAME :`
+_PATTERN_RULE = "\npattern_text: chain pattern_clause*\n"
+
+
+@lru_cache(maxsize=1)
+def _pattern_parser() -> Lark:
+    grammar = resources.files("qcompiler.target").joinpath("grammar.lark").read_text("utf-8")
+    return Lark(grammar + _PATTERN_RULE, start="pattern_text", parser="lalr", lexer="contextual",
+                propagate_positions=True, maybe_placeholders=True, cache=True)
+
+
+def parse_pattern(text: str, name: str = "rewrite", filename: str = "<pattern>") -> PatternDef:
+    """One pattern in the target language's syntax, e.g. `Conv(x, w:const) -> Relu?`
+    (optionally followed by `where ...` and `benefit N`). Raises TargetError (one line)."""
+    if not isinstance(text, str):
+        raise error_at(None, f"a pattern must be text, got {type(text).__name__}",
+                       "write it as in a target file, e.g. 'Conv(x, w:const) -> Relu'")
+    try:
+        tree = _pattern_parser().parse(text)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, text, filename) from None
+    except LarkError as exc:  # pragma: no cover - lark internals
+        raise error_at(Pos(filename, 1, 1), f"cannot parse: {exc}") from None
+    builder = _Builder(filename)
+    return builder.pattern(name, tree.children[0], tree.children[1:], builder.pos(tree))
+
+
 # --------------------------------------------------------------------------- syntax errors
 
 _NAMED_TERMINALS = {
@@ -532,28 +559,30 @@ class _Builder:
 
     # ---- patterns
     def pattern_stmt(self, tree: Tree) -> list[Stmt]:
-        name_tok, chain = tree.children[0], tree.children[1]
+        name_tok = tree.children[0]
+        pat = self.pattern(str(name_tok), tree.children[1], tree.children[2:], self.pos(tree))
+        return [Stmt("pattern", pat.name, pat, self.pos(name_tok))]
+
+    def pattern(self, name: str, chain: Tree, clauses: list, pos: Pos) -> PatternDef:
         steps = []
         for i, step_tree in enumerate(c for c in chain.children if isinstance(c, Tree)):
             steps.append(self.step(step_tree, first=(i == 0)))
         constraints: tuple[Constraint, ...] = ()
         benefit = 1
         seen: dict[str, Tree] = {}
-        for clause in tree.children[2:]:
+        for clause in clauses:
             if clause is None:
                 continue
             if clause.data in seen:
                 word = "where" if clause.data == "where_clause" else "benefit"
-                self.fail(clause, f"pattern {name_tok} has two '{word}' clauses "
+                self.fail(clause, f"pattern {name} has two '{word}' clauses "
                                   f"(join conditions with 'and')")
             seen[clause.data] = clause
             if clause.data == "where_clause":
                 constraints = self.constraints(clause.children[0])
             else:
                 benefit = self.integer(clause.children[0], "benefit", minimum=0)
-        pos = self.pos(tree)
-        pat = PatternDef(str(name_tok), tuple(steps), constraints, benefit, pos)
-        return [Stmt("pattern", pat.name, pat, self.pos(name_tok))]
+        return PatternDef(name, tuple(steps), constraints, benefit, pos)
 
     def step(self, tree: Tree, first: bool) -> Step:
         choice = tree.children[0]

@@ -47,16 +47,41 @@ _SILENT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeL
 
 @dataclass
 class Match:
-    """A successful match: the nodes in chain order, operand bindings, the pattern."""
+    """A successful match: the nodes in chain order, operand bindings, the pattern.
+
+    `slots` holds one entry per pattern step: its node, or None for a skipped optional
+    step. `m["w"]` is an operand's tensor, `m["Relu"]` the node of the step that matched
+    that op; either is None where an optional part is absent (KeyError: not in the pattern).
+    """
 
     pattern: str
     nodes: list
     bindings: dict[str, Any]
     benefit: int
     pattern_def: PatternDef = field(repr=False)
+    slots: tuple = field(default=(), repr=False)
 
     def __bool__(self) -> bool:
         return True
+
+    def __getitem__(self, name: str):
+        if name in self.bindings:
+            return self.bindings[name]
+        for node in self.slots:
+            if node is not None and node.op == name:
+                return node
+        steps = self.pattern_def.steps
+        if any(o.name == name for s in steps for o in (s.operands or ()) if o.bound) or \
+                any(name in s.ops for s in steps):
+            return None  # an optional operand or step that is absent here
+        names = [o.name for s in steps for o in (s.operands or ()) if o.bound]
+        names += [op for s in steps for op in s.ops]
+        raise KeyError(f"'{name}' is not in pattern {self.pattern_def.chain_text()!r} "
+                       f"(names: {', '.join(dict.fromkeys(names))})")
+
+    def get(self, name: str, default=None):
+        value = self[name]
+        return default if value is None else value
 
     @property
     def anchor(self):
@@ -288,15 +313,24 @@ class Matcher:
     def __repr__(self) -> str:
         return f"<Matcher {self.name}: {self.pattern.chain_text()}>"
 
-    def match(self, node, graph=None, exclude: Iterable | None = None) -> Match | Failure:
+    def match(self, node, graph=None, exclude: Iterable | None = None,
+              dead: Iterable | None = None) -> Match | Failure:
         """Match anchored at `node`. `graph` (gs.Graph or an object with `.graph`) lets the
-        matcher see graph outputs; nodes in `exclude` (ids or nodes) are never taken."""
+        matcher see graph outputs; nodes in `exclude` (ids or nodes) are never taken;
+        nodes in `dead` (ids or nodes: dropped by a rewrite, removed later) read nothing."""
         g = _graph_of(graph) if graph is not None else None
         graph_outputs = {id(t) for t in g.outputs} if g is not None else set()
         excluded = {x if isinstance(x, int) else id(x) for x in (exclude or ())}
-        return self._match(node, graph_outputs, excluded, None)
+        gone = {x if isinstance(x, int) else id(x) for x in (dead or ())}
+        return self._match(node, graph_outputs, excluded, None, gone)
 
-    def _match(self, node, graph_outputs: set, excluded: set, env_cache: dict | None):
+    def match_ids(self, node, graph_outputs, excluded, dead) -> Match | Failure:
+        """`match` for whole-graph drivers that keep the id sets themselves (no copies):
+        ids of the graph outputs, of nodes never to take, of dropped nodes."""
+        return self._match(node, graph_outputs, excluded, None, dead)
+
+    def _match(self, node, graph_outputs: set, excluded: set, env_cache: dict | None,
+               dead: set | frozenset = frozenset()):
         first = self.steps[0]
         if node.op not in first.ops:
             return Failure(self.name, node, f"{node.op} is not {_ops_text(first)}", 0)
@@ -317,44 +351,47 @@ class Matcher:
                 why = check_constraint(c, env, _describe_node(node))
                 if why:
                     return Failure(self.name, node, why, 2)
-        result = self._chain(1, [node], bindings, graph_outputs, excluded)
+        result = self._chain(1, [node], bindings, graph_outputs, excluded, (node,), dead)
         if isinstance(result, str):
             return Failure(self.name, node, result, 3)
-        nodes, bindings = result
-        return Match(self.name, nodes, bindings, self.pattern.benefit, self.pattern)
+        nodes, bindings, slots = result
+        return Match(self.name, nodes, bindings, self.pattern.benefit, self.pattern, slots)
 
     # -- chain
-    def _chain(self, i: int, nodes: list, bindings: dict, graph_outputs: set, excluded: set):
-        """Extend the chain from step i; returns (nodes, bindings) or a failure reason."""
+    def _chain(self, i: int, nodes: list, bindings: dict, graph_outputs: set, excluded: set,
+               slots: tuple, dead: set | frozenset):
+        """Extend the chain from step i; returns (nodes, bindings, slots) or a failure reason."""
         if i == len(self.steps):
-            return nodes, bindings
+            return nodes, bindings, slots
         step = self.steps[i]
         prev = nodes[-1]
-        cand, why = self._next(prev, step, graph_outputs, excluded)
+        cand, why = self._next(prev, step, graph_outputs, excluded, dead)
         if cand is not None:
             trial = dict(bindings)
             why = self._bind(step, cand, prev.outputs[0], trial)
             if not why:
-                found = self._chain(i + 1, nodes + [cand], trial, graph_outputs, excluded)
+                found = self._chain(i + 1, nodes + [cand], trial, graph_outputs, excluded,
+                                    slots + (cand,), dead)
                 if not isinstance(found, str):
                     return found
                 why = found
         if step.optional:
-            return self._chain(i + 1, nodes, bindings, graph_outputs, excluded)
+            return self._chain(i + 1, nodes, bindings, graph_outputs, excluded, slots + (None,),
+                               dead)
         return why or f"no {_ops_text(step)} after {_describe_node(prev)}"
 
-    def _next(self, prev, step: Step, graph_outputs: set, excluded: set):
+    def _next(self, prev, step: Step, graph_outputs: set, excluded: set, dead):
         if not prev.outputs:
             return None, f"{_describe_node(prev)} has no output"
         out = prev.outputs[0]
         for extra in prev.outputs[1:]:
-            if extra.outputs or id(extra) in graph_outputs:
+            if any(id(c) not in dead for c in extra.outputs) or id(extra) in graph_outputs:
                 return None, (f"{_describe_node(prev)} has a second output in use, so it "
                               f"cannot be fused with a following {_ops_text(step)}")
         if id(out) in graph_outputs:
             return None, (f"{prev.op} output '{out.name}' is a graph output, so it cannot be "
                           f"fused into {_ops_text(step)}")
-        consumers = list(out.outputs)
+        consumers = [c for c in out.outputs if id(c) not in dead] if dead else list(out.outputs)
         if not consumers:
             return None, f"{prev.op} output has no consumer"
         if len(consumers) > 1:
