@@ -72,19 +72,24 @@ def kernel_key(label: str) -> str:
 
 
 def profile(prog, feed, runs: int) -> list:
+    """Per kernel kind: nodes, ms per run (each node's median over single runs, so that a run
+    preempted by another process does not count), share."""
     m = c_library(prog, feed, profile=True)
     for _ in range(3):
         m.run(feed)
     n = len(m.lib.profile_labels)
     arr = (ctypes.c_double * n).in_dll(m.dll, f"{m.lib.prefix}_profile_s")
-    for i in range(n):
-        arr[i] = 0.0
+    samples = []
     for _ in range(runs):
+        for i in range(n):
+            arr[i] = 0.0
         m.run(feed)
+        samples.append(list(arr))
+    per_node = np.median(np.asarray(samples), axis=0) * 1e3
     groups = defaultdict(lambda: [0.0, 0])
-    for label, t in zip(m.lib.profile_labels, arr):
+    for label, t in zip(m.lib.profile_labels, per_node):
         g = groups[kernel_key(label)]
-        g[0] += t * 1e3 / runs
+        g[0] += float(t)
         g[1] += 1
     total = sum(g[0] for g in groups.values())
     return sorted(([k, g[1], g[0], g[0] / total] for k, g in groups.items()), key=lambda r: -r[2])

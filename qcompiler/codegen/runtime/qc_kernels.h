@@ -5,6 +5,9 @@
  * requantization (Q31 fixed point or float32 scale) and rounding, and its clamps.
  * QC_ROUNDING selects the program's rounding before this file is included:
  *   0 half_away_from_zero (gemmlowp double rounding), 1 single_rounding, 2 half_to_even.
+ * QC_ISA_<NAME> (from the target file's `isa` statement) allows the intrinsic paths:
+ * NEON / DOTPROD on arm64 (when the compiler targets them), AVX2 / AVX512_VNNI on x86
+ * (qc_x86.h, chosen at run time).
  * Compile with -ffp-contract=off (and never -ffast-math): the float32 epilogues must not
  * be fused into FMAs to stay exact.
  *
@@ -28,9 +31,14 @@
 
 /* arm64: NEON (vmlal) for NCHW44 dense convs, SDOT (vdotq_s32) for NCHW44_DOT when the
  * compiler targets it (-march=armv8.2-a+dotprod); both give the portable code's integers */
-#if defined(__ARM_NEON) && defined(__aarch64__)
+#if defined(__ARM_NEON) && defined(__aarch64__) && defined(QC_ISA_NEON)
 #include <arm_neon.h>
 #define QC_NEON 1
+#endif
+
+/* x86: AVX2 / AVX-512 VNNI conv kernels (qc_x86.h) when the target lists them */
+#if defined(__x86_64__) && defined(__GNUC__) && (defined(QC_ISA_AVX2) || defined(QC_ISA_AVX512_VNNI))
+#define QC_X86 1
 #endif
 
 /* the requantization below relies on arithmetic right shifts of negative integers */
@@ -346,7 +354,7 @@ static inline void qc_conv_nhwc(const int16_t* xp, const int8_t* w, const int32_
 /* one output pixel of a 4x4 weight block: a[o] += sum_i x[i] * w(i, o) */
 static inline void qc_block44(int32_t* a, const int16_t* xv, const int8_t* wb, int dot, int x_s8) {
 #if defined(QC_NEON)
-#if defined(__ARM_FEATURE_DOTPROD)
+#if defined(__ARM_FEATURE_DOTPROD) && defined(QC_ISA_DOTPROD)
   if (dot && x_s8) { /* w is (oc, ic): lane o of SDOT sums w[o][0..3] * x[0..3] */
     int16x4_t x16 = vld1_s16(xv);
     int8x8_t x8 = vmovn_s16(vcombine_s16(x16, x16));
@@ -497,6 +505,10 @@ static inline void qc_conv_vec(const int16_t* xp, const int8_t* w, const int32_t
         qc_rq_store(rq, acc[p], oc, y, ydt, (((ptrdiff_t)n * ob_all + oc / k) * P + p) * k + oc % k);
     }
 }
+
+#if defined(QC_X86)
+#include "qc_x86.h"
+#endif
 
 /* ------------------------------------------------------------------ gemm */
 
