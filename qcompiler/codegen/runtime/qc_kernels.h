@@ -506,10 +506,6 @@ static inline void qc_conv_vec(const int16_t* xp, const int8_t* w, const int32_t
     }
 }
 
-#if defined(QC_X86)
-#include "qc_x86.h"
-#endif
-
 /* ------------------------------------------------------------------ gemm */
 
 /* y[m, n] = rq(bias[n] + sum_k (a[m, k] - za) * w[n, k]) */
@@ -560,6 +556,35 @@ typedef struct {
   qc_rq out;              /* fixed point: the output multiplier; both: zp and clamp */
 } qc_add_p;
 
+#if defined(QC_X86)
+#include "qc_x86.h"
+#endif
+
+/* the outer five dims of a broadcast, one innermost row at a time: row base offsets io,
+ * ba, bb and the row's length shape[5] */
+#define QC_BCAST_ROWS(bc, ...)                                                                        \
+  do {                                                                                                \
+    ptrdiff_t i0, i1, i2, i3, i4, io = 0;                                                             \
+    for (i0 = 0; i0 < (bc)->shape[0]; i0++)                                                           \
+      for (i1 = 0; i1 < (bc)->shape[1]; i1++)                                                         \
+        for (i2 = 0; i2 < (bc)->shape[2]; i2++)                                                       \
+          for (i3 = 0; i3 < (bc)->shape[3]; i3++)                                                     \
+            for (i4 = 0; i4 < (bc)->shape[4]; i4++, io += (bc)->shape[5]) {                           \
+              ptrdiff_t ba = i0 * (bc)->sa[0] + i1 * (bc)->sa[1] + i2 * (bc)->sa[2] + i3 * (bc)->sa[3] + \
+                             i4 * (bc)->sa[4];                                                        \
+              ptrdiff_t bb = i0 * (bc)->sb[0] + i1 * (bc)->sb[1] + i2 * (bc)->sb[2] + i3 * (bc)->sb[3] + \
+                             i4 * (bc)->sb[4];                                                        \
+              __VA_ARGS__;                                                                            \
+            }                                                                                         \
+  } while (0)
+
+/* uint8 operands and output, a contiguous, b contiguous or one value per row, float scale
+ * with ties to even: the rows the x86 paths take */
+static inline int qc_rows_u8(int adt, int bdt, int ydt, const qc_bcast* bc) {
+  return adt == QC_U8 && bdt == QC_U8 && ydt == QC_U8 && bc->sa[5] == 1 && (bc->sb[5] == 0 || bc->sb[5] == 1) &&
+         QC_ROUNDING == 2;
+}
+
 static inline void qc_add(const void* a, int adt, const void* b, int bdt, const qc_bcast* bc, const qc_add_p* p,
                           void* y, int ydt) {
   if (p->out.mode == QC_RQ_FIXED) {
@@ -571,23 +596,48 @@ static inline void qc_add(const void* a, int adt, const void* b, int bdt, const 
     });
   } else {
     float lo = (float)p->out.qmin, hi = (float)p->out.qmax;
-    QC_BCAST_LOOP(bc, {
-      float va = ((float)qc_ld(a, adt, ia) - (float)p->za) * p->fa;
-      float vb = ((float)qc_ld(b, bdt, ib) - (float)p->zb) * p->fb;
-      float o = qc_roundf(va + vb) + (float)p->out.zp;
-      if (o < lo) o = lo;
-      if (o > hi) o = hi;
-      qc_st(y, ydt, io, (int32_t)o);
+    int fast = 0;
+#if defined(QC_X86)
+    fast = qc_x86_level() >= 1 && qc_rows_u8(adt, bdt, ydt, bc);
+#endif
+    QC_BCAST_ROWS(bc, {
+      ptrdiff_t i5 = 0, n5 = bc->shape[5];
+#if defined(QC_X86)
+      if (fast)
+        i5 = qc_add_row_avx2((const uint8_t*)a + ba, (const uint8_t*)b + bb, (int)bc->sb[5], n5, p, (uint8_t*)y + io);
+#endif
+      for (; i5 < n5; i5++) {
+        float va = ((float)qc_ld(a, adt, ba + i5 * bc->sa[5]) - (float)p->za) * p->fa;
+        float vb = ((float)qc_ld(b, bdt, bb + i5 * bc->sb[5]) - (float)p->zb) * p->fb;
+        float o = qc_roundf(va + vb) + (float)p->out.zp;
+        if (o < lo) o = lo;
+        if (o > hi) o = hi;
+        qc_st(y, ydt, io + i5, (int32_t)o);
+      }
     });
+    (void)fast;
   }
 }
 
 static inline void qc_mul(const void* a, int adt, int32_t za, const void* b, int bdt, int32_t zb,
                           const qc_bcast* bc, const qc_rq* rq, void* y, int ydt) {
-  QC_BCAST_LOOP(bc, {
-    int32_t acc = (qc_ld(a, adt, ia) - za) * (qc_ld(b, bdt, ib) - zb);
-    qc_st(y, ydt, io, qc_rq_int(rq, acc, 0));
+  int fast = 0;
+#if defined(QC_X86)
+  fast = qc_x86_level() >= 1 && rq->mode == QC_RQ_FLOAT && qc_rows_u8(adt, bdt, ydt, bc);
+#endif
+  QC_BCAST_ROWS(bc, {
+    ptrdiff_t i5 = 0, n5 = bc->shape[5];
+#if defined(QC_X86)
+    if (fast)
+      i5 = qc_mul_row_avx2((const uint8_t*)a + ba, za, (const uint8_t*)b + bb, (int)bc->sb[5], zb, n5, rq,
+                           (uint8_t*)y + io);
+#endif
+    for (; i5 < n5; i5++) {
+      int32_t acc = (qc_ld(a, adt, ba + i5 * bc->sa[5]) - za) * (qc_ld(b, bdt, bb + i5 * bc->sb[5]) - zb);
+      qc_st(y, ydt, io + i5, qc_rq_int(rq, acc, 0));
+    }
   });
+  (void)fast;
 }
 
 static inline void qc_requant(const void* x, int xdt, int32_t zx, ptrdiff_t n, const qc_rq* rq, void* y, int ydt) {
@@ -598,7 +648,14 @@ static inline void qc_requant(const void* x, int xdt, int32_t zx, ptrdiff_t n, c
 static inline void qc_lut(const void* x, int xdt, ptrdiff_t n, const void* table, void* y) {
   ptrdiff_t i;
   const uint8_t* t = (const uint8_t*)table;
-  for (i = 0; i < n; i++) ((uint8_t*)y)[i] = t[qc_ld(x, xdt, i) - (xdt == QC_U8 ? 0 : -128)];
+  uint8_t* d = (uint8_t*)y;
+  if (xdt == QC_U8) {
+    const uint8_t* s = (const uint8_t*)x;
+    for (i = 0; i < n; i++) d[i] = t[s[i]];
+  } else {
+    const int8_t* s = (const int8_t*)x;
+    for (i = 0; i < n; i++) d[i] = t[s[i] + 128];
+  }
 }
 
 /* ------------------------------------------------------------------ spatial ops */
@@ -615,27 +672,47 @@ static inline ptrdiff_t qc_unit(const qc_plane* p, int u) {
   return (ptrdiff_t)(u / p->lanes) * p->ustride + u % p->lanes;
 }
 
-/* MaxPool: padding and the ceil_mode overhang read the type's minimum, i.e. are skipped */
+/* MaxPool: padding and the ceil_mode overhang read the type's minimum, i.e. are skipped.
+ * Separable: each window row's maximum over the columns, then the maximum of those, for up
+ * to 256 output columns at a time. */
 static inline void qc_maxpool(const void* x, int dt, const qc_plane* xi, void* y, const qc_plane* yo, int kh,
                               int kw, int sh, int sw, int dh, int dw, int pt, int pl) {
-  int u, oh, ow, i, j;
+  int u, oh, ow0, ow, i, j, n;
+  int32_t m[256];
+  int32_t lo = dt == QC_U8 ? 0 : -128;
   for (u = 0; u < xi->units; u++) {
     ptrdiff_t bx = qc_unit(xi, u), by = qc_unit(yo, u);
     for (oh = 0; oh < yo->H; oh++)
-      for (ow = 0; ow < yo->W; ow++) {
-        int32_t m = dt == QC_U8 ? 0 : -128;
+      for (ow0 = 0; ow0 < yo->W; ow0 += 256) {
+        n = yo->W - ow0 < 256 ? yo->W - ow0 : 256;
+        for (ow = 0; ow < n; ow++) m[ow] = lo;
         for (i = 0; i < kh; i++) {
           int h = oh * sh + i * dh - pt;
+          ptrdiff_t row = bx + h * xi->hs;
           if (h < 0 || h >= xi->H) continue;
           for (j = 0; j < kw; j++) {
-            int w = ow * sw + j * dw - pl;
-            int32_t v;
-            if (w < 0 || w >= xi->W) continue;
-            v = qc_ld(x, dt, bx + h * xi->hs + w * xi->ws);
-            if (v > m) m = v;
+            /* output columns whose tap j is inside the row: w = ow*sw + j*dw - pl in [0, W) */
+            int first = 0, last = n, c0 = j * dw - pl;
+            if (c0 < 0) first = (-c0 + sw - 1) / sw - ow0;
+            if (xi->W - c0 <= 0) last = 0;
+            else if ((xi->W - c0 + sw - 1) / sw - ow0 < last) last = (xi->W - c0 + sw - 1) / sw - ow0;
+            if (first < 0) first = 0;
+            if (dt == QC_U8) {
+              const uint8_t* r = (const uint8_t*)x + row + (ptrdiff_t)(ow0 * sw + c0) * xi->ws;
+              for (ow = first; ow < last; ow++) {
+                int32_t v = r[(ptrdiff_t)ow * sw * xi->ws];
+                m[ow] = v > m[ow] ? v : m[ow];
+              }
+            } else {
+              const int8_t* r = (const int8_t*)x + row + (ptrdiff_t)(ow0 * sw + c0) * xi->ws;
+              for (ow = first; ow < last; ow++) {
+                int32_t v = r[(ptrdiff_t)ow * sw * xi->ws];
+                m[ow] = v > m[ow] ? v : m[ow];
+              }
+            }
           }
         }
-        qc_st(y, dt, by + oh * yo->hs + ow * yo->ws, m);
+        for (ow = 0; ow < n; ow++) qc_st(y, dt, by + oh * yo->hs + (ptrdiff_t)(ow0 + ow) * yo->ws, m[ow]);
       }
   }
 }

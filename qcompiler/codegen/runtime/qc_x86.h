@@ -113,6 +113,22 @@ typedef struct {
 static inline void qc_interleave4(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2, const uint8_t* r3,
                                   ptrdiff_t st, ptrdiff_t n, uint8_t flip, uint8_t* d) {
   ptrdiff_t i = 0;
+  if (st == 2) { /* the even bytes of 32: the stride-2 columns of 16 outputs */
+    __m128i f = _mm_set1_epi8((char)flip), ev = _mm_set1_epi16(0x00FF);
+#define QC_EVEN16(r) \
+  _mm_xor_si128(_mm_packus_epi16(_mm_and_si128(_mm_loadu_si128((const __m128i*)((r) + 2 * i)), ev), \
+                                 _mm_and_si128(_mm_loadu_si128((const __m128i*)((r) + 2 * i + 16)), ev)), f)
+    for (; i + 16 <= n - 1; i += 16) { /* n - 1: the last pair's odd byte may lie past the row */
+      __m128i a = QC_EVEN16(r0), b = QC_EVEN16(r1), c = QC_EVEN16(r2), e = QC_EVEN16(r3);
+      __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+      __m128i ce0 = _mm_unpacklo_epi8(c, e), ce1 = _mm_unpackhi_epi8(c, e);
+      _mm_storeu_si128((__m128i*)(d + 4 * i), _mm_unpacklo_epi16(ab0, ce0));
+      _mm_storeu_si128((__m128i*)(d + 4 * i + 16), _mm_unpackhi_epi16(ab0, ce0));
+      _mm_storeu_si128((__m128i*)(d + 4 * i + 32), _mm_unpacklo_epi16(ab1, ce1));
+      _mm_storeu_si128((__m128i*)(d + 4 * i + 48), _mm_unpackhi_epi16(ab1, ce1));
+    }
+#undef QC_EVEN16
+  }
   if (st == 1) {
     __m128i f = _mm_set1_epi8((char)flip);
     for (; i + 16 <= n; i += 16) {
@@ -207,17 +223,31 @@ QC_T_VNNI static void qc_gemm_vnni(const int8_t* A, const uint8_t* B, const int3
         __m512i c20 = _mm512_set1_epi32(bias[oc0 + 2]), c21 = c20, c30 = _mm512_set1_epi32(bias[oc0 + 3]), c31 = c30;
         __m512i c40 = _mm512_set1_epi32(bias[oc0 + 4]), c41 = c40, c50 = _mm512_set1_epi32(bias[oc0 + 5]), c51 = c50;
         __m512i c60 = _mm512_set1_epi32(bias[oc0 + 6]), c61 = c60, c70 = _mm512_set1_epi32(bias[oc0 + 7]), c71 = c70;
-        for (k = 0; k < K4; k += 4, b += c->Pp * 4) {
-          __m512i b0 = _mm512_loadu_si512((const void*)b), b1 = _mm512_loadu_si512((const void*)(b + 64)), w;
-          int32_t wv;
+        if (cols > 16) {
+          for (k = 0; k < K4; k += 4, b += c->Pp * 4) {
+            __m512i b0 = _mm512_loadu_si512((const void*)b), b1 = _mm512_loadu_si512((const void*)(b + 64)), w;
+            int32_t wv;
 #define QC_VNNI_ROW(R)                                    \
   memcpy(&wv, a + (ptrdiff_t)(R) * K4 + k, 4);            \
   w = _mm512_set1_epi32(wv);                              \
   c##R##0 = _mm512_dpbusd_epi32(c##R##0, b0, w);           \
   c##R##1 = _mm512_dpbusd_epi32(c##R##1, b1, w);
-          QC_VNNI_ROW(0) QC_VNNI_ROW(1) QC_VNNI_ROW(2) QC_VNNI_ROW(3)
-          QC_VNNI_ROW(4) QC_VNNI_ROW(5) QC_VNNI_ROW(6) QC_VNNI_ROW(7)
+            QC_VNNI_ROW(0) QC_VNNI_ROW(1) QC_VNNI_ROW(2) QC_VNNI_ROW(3)
+            QC_VNNI_ROW(4) QC_VNNI_ROW(5) QC_VNNI_ROW(6) QC_VNNI_ROW(7)
 #undef QC_VNNI_ROW
+          }
+        } else { /* a tail of 16 pixels or fewer: half the tile */
+          for (k = 0; k < K4; k += 4, b += c->Pp * 4) {
+            __m512i b0 = _mm512_loadu_si512((const void*)b), w;
+            int32_t wv;
+#define QC_VNNI_ROW(R)                                    \
+  memcpy(&wv, a + (ptrdiff_t)(R) * K4 + k, 4);            \
+  w = _mm512_set1_epi32(wv);                              \
+  c##R##0 = _mm512_dpbusd_epi32(c##R##0, b0, w);
+            QC_VNNI_ROW(0) QC_VNNI_ROW(1) QC_VNNI_ROW(2) QC_VNNI_ROW(3)
+            QC_VNNI_ROW(4) QC_VNNI_ROW(5) QC_VNNI_ROW(6) QC_VNNI_ROW(7)
+#undef QC_VNNI_ROW
+          }
         }
         _mm512_storeu_si512((void*)tile[0], c00); _mm512_storeu_si512((void*)(tile[0] + 16), c01);
         _mm512_storeu_si512((void*)tile[1], c10); _mm512_storeu_si512((void*)(tile[1] + 16), c11);
@@ -434,6 +464,57 @@ static inline int qc_conv_dw_x86(const void* x, int xdt, int32_t zx, const int8_
       }
     }
   return 1;
+}
+
+/* ------------------------------------------------------------------ elementwise rows */
+
+/* y[i] = clamp(rint(((a[i] - za) * fa + (b[i*bs] - zb) * fb)) + zy) over uint8 (bs 0 or 1):
+ * the float-scale Add of qc_add, 8 at a time */
+QC_T_AVX2 static ptrdiff_t qc_add_row_avx2(const uint8_t* a, const uint8_t* b, int bs, ptrdiff_t n, const qc_add_p* p,
+                                           uint8_t* y) {
+  ptrdiff_t i = 0;
+  __m256 za = _mm256_set1_ps((float)p->za), zb = _mm256_set1_ps((float)p->zb), fa = _mm256_set1_ps(p->fa);
+  __m256 fb = _mm256_set1_ps(p->fb), zy = _mm256_set1_ps((float)p->out.zp);
+  __m256 lo = _mm256_set1_ps((float)p->out.qmin), hi = _mm256_set1_ps((float)p->out.qmax);
+  __m256 bv = _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps((float)b[0]), zb), fb);
+  for (; i + 8 <= n; i += 8) {
+    __m256 va = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(a + i))));
+    __m256 v, vb = bv;
+    __m256i q;
+    __m128i w;
+    va = _mm256_mul_ps(_mm256_sub_ps(va, za), fa);
+    if (bs) {
+      vb = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(b + i))));
+      vb = _mm256_mul_ps(_mm256_sub_ps(vb, zb), fb);
+    }
+    v = _mm256_add_ps(_mm256_round_ps(_mm256_add_ps(va, vb), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zy);
+    q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+    w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64((__m128i*)(y + i), _mm_packus_epi16(w, w));
+  }
+  return i;
+}
+
+/* the float-scale Mul of qc_mul over uint8 (bs 0 or 1), 8 at a time */
+QC_T_AVX2 static ptrdiff_t qc_mul_row_avx2(const uint8_t* a, int32_t za, const uint8_t* b, int bs, int32_t zb,
+                                           ptrdiff_t n, const qc_rq* r, uint8_t* y) {
+  ptrdiff_t i = 0;
+  __m256i zav = _mm256_set1_epi32(za), zbv = _mm256_set1_epi32(zb), bv = _mm256_set1_epi32((int32_t)b[0] - zb);
+  __m256 s = _mm256_set1_ps(r->scale[0]), bias = _mm256_set1_ps(r->bias ? r->bias[0] : 0.0f);
+  __m256 zy = _mm256_set1_ps((float)r->zp), lo = _mm256_set1_ps((float)r->qmin), hi = _mm256_set1_ps((float)r->qmax);
+  for (; i + 8 <= n; i += 8) {
+    __m256i xa = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(a + i))), zav), xb = bv, q;
+    __m256 v;
+    __m128i w;
+    if (bs) xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(b + i))), zbv);
+    v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_mullo_epi32(xa, xb)), s);
+    if (r->bias) v = _mm256_add_ps(v, bias);
+    v = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zy);
+    q = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+    w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64((__m128i*)(y + i), _mm_packus_epi16(w, w));
+  }
+  return i;
 }
 
 #endif /* QC_X86_H */
