@@ -886,4 +886,75 @@ static inline void qc_softmax(const float* x, float* y, ptrdiff_t outer, ptrdiff
     }
 }
 
+/* float ConvTranspose (weight [C, OC/G, FH, FW]) as the reference computes it: per group,
+ * the float32 products summed over the input channels for every (output channel, tap) at
+ * every input pixel (cb: OC/G*FH*FW*H*W floats), then scattered into a double accumulator
+ * of the cropped output (acc: OC*Ho*Wo doubles), then the bias */
+static inline void qc_conv_transpose_f(const float* x, const float* w, const float* b, int N, int C, int H, int W,
+                                       int OC, int G, int FH, int FW, int sh, int sw, int dh, int dw, int pt,
+                                       int pl, int Ho, int Wo, double* acc, float* cb, float* y) {
+  int icg = C / G, ocg = OC / G, n, grp, ic, ih, iw, o, i, j, col, ncol = ocg * FH * FW;
+  ptrdiff_t P = (ptrdiff_t)Ho * Wo, HW = (ptrdiff_t)H * W, k;
+  for (n = 0; n < N; n++) {
+    for (k = 0; k < (ptrdiff_t)OC * P; k++) acc[k] = 0.0;
+    for (grp = 0; grp < G; grp++) {
+      for (k = 0; k < (ptrdiff_t)ncol * HW; k++) cb[k] = 0.0f;
+      for (ic = 0; ic < icg; ic++) {
+        const float* xp = x + ((ptrdiff_t)n * C + grp * icg + ic) * HW;
+        const float* wk = w + (ptrdiff_t)(grp * icg + ic) * ncol;
+        for (col = 0; col < ncol; col++) {
+          float wv = wk[col];
+          float* c = cb + (ptrdiff_t)col * HW;
+          for (k = 0; k < HW; k++) c[k] += xp[k] * wv;
+        }
+      }
+      for (o = 0; o < ocg; o++)
+        for (i = 0; i < FH; i++)
+          for (j = 0; j < FW; j++) {
+            const float* c = cb + ((ptrdiff_t)(o * FH + i) * FW + j) * HW;
+            double* a = acc + (ptrdiff_t)(grp * ocg + o) * P;
+            int c0 = j * dw - pl, iw0 = 0, iw1 = W; /* input columns landing inside the output */
+            if (c0 < 0) iw0 = (-c0 + sw - 1) / sw;
+            if (Wo - c0 <= 0) iw1 = 0;
+            else if ((Wo - c0 + sw - 1) / sw < iw1) iw1 = (Wo - c0 + sw - 1) / sw;
+            for (ih = 0; ih < H; ih++) {
+              int oh = ih * sh + i * dh - pt;
+              double* ar = a + (ptrdiff_t)oh * Wo + c0;
+              if (oh < 0 || oh >= Ho) continue;
+              for (iw = iw0; iw < iw1; iw++) ar[(ptrdiff_t)iw * sw] += (double)c[(ptrdiff_t)ih * W + iw];
+            }
+          }
+    }
+    for (o = 0; o < OC; o++)
+      for (k = 0; k < P; k++)
+        y[((ptrdiff_t)n * OC + o) * P + k] = (float)(acc[(ptrdiff_t)o * P + k] + (b ? (double)b[o] : 0.0));
+  }
+}
+
+/* float Conv (weight [OC, C/G, FH, FW]), summed in double; padding reads 0 */
+static inline void qc_conv_f(const float* x, const float* w, const float* b, int N, int C, int H, int W, int OC,
+                             int G, int FH, int FW, int sh, int sw, int dh, int dw, int pt, int pl, int Ho, int Wo,
+                             float* y) {
+  int icg = C / G, ocg = OC / G, n, oc, c, oh, ow, i, j;
+  for (n = 0; n < N; n++)
+    for (oc = 0; oc < OC; oc++)
+      for (oh = 0; oh < Ho; oh++)
+        for (ow = 0; ow < Wo; ow++) {
+          double s = b ? (double)b[oc] : 0.0;
+          for (c = 0; c < icg; c++) {
+            const float* xp = x + ((ptrdiff_t)n * C + (oc / ocg) * icg + c) * H * W;
+            const float* wk = w + ((ptrdiff_t)oc * icg + c) * FH * FW;
+            for (i = 0; i < FH; i++) {
+              int h = oh * sh + i * dh - pt;
+              if (h < 0 || h >= H) continue;
+              for (j = 0; j < FW; j++) {
+                int ww = ow * sw + j * dw - pl;
+                if (ww >= 0 && ww < W) s += (double)xp[(ptrdiff_t)h * W + ww] * wk[i * FW + j];
+              }
+            }
+          }
+          y[(((ptrdiff_t)n * OC + oc) * Ho + oh) * Wo + ow] = (float)s;
+        }
+}
+
 #endif /* QC_KERNELS_H */
