@@ -31,6 +31,11 @@ def _data(model: str, n: int, seed: int) -> tuple:
         return "input", (xs[:n] if seed == 1 else xs[-n:])
     if model == "ppocr_cls":
         return "x", tasks.text_line_task(n, seed=seed)[0]
+    if model == "ppocr_det":
+        return "x", tasks.det_inputs(n, seed=seed, size=(96, 96))
+    if model == "resnet18":
+        rng = np.random.default_rng(seed)
+        return "input", rng.normal(0, 1, (n, 3, 64, 64)).astype(np.float32)
     return "x", tasks.orientation_task(n, seed=seed)[0]
 
 
@@ -41,7 +46,11 @@ def program(model: str, target: str):
     from qcompiler.lowering.lower import lower_to_program
 
     path = str(ROOT / "examples" / "tiny_convnet.onnx") if model == "tiny_convnet" else None
-    if path is None:
+    if model == "resnet18":  # ResNet-18's topology at 64 x 64, width 16
+        from fixtures.models import resnet18_like
+
+        path = resnet18_like(hw=64, width=16, num_classes=10)
+    elif path is None:
         from fixtures.real_models import real_model_path
 
         path = real_model_path(model)

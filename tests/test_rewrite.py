@@ -18,7 +18,7 @@ from qcompiler.errors import TargetError, UsageError
 from qcompiler.ir.io import ir_to_model, model_to_ir
 from qcompiler.rewrite import explain, match, rewrite
 from qcompiler.target.parser import parse_pattern
-from qcompiler.testing import models
+from fixtures import models
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSE_PLUGIN = ROOT / "examples" / "plugins" / "fuse_conv_relu.py"

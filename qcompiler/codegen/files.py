@@ -70,6 +70,7 @@ def render(lib, src, prog, scratch_at: int) -> Dict[str, str]:
          f"rounding {prog.rounding}. */"]
     if src.profile:
         c.append("#define _POSIX_C_SOURCE 199309L")
+    c += [f"#define QC_ISA_{name.upper()} 1" for name in src.isa]
     c += [f"#define QC_ROUNDING {_rounding_code(prog.rounding)}",
           f'#include "{p}.h"', '#include "qc_kernels.h"', ""]
     if src.profile:
@@ -111,9 +112,9 @@ def render(lib, src, prog, scratch_at: int) -> Dict[str, str]:
         f"all: lib{p}.a", "",
         f"lib{p}.a: {p}.o {p}_weights.o", "\t$(AR) rcs $@ $^", "",
         f"shared: lib{p}.so", "",
-        f"lib{p}.so: {p}.c {p}_weights.c {p}.h qc_kernels.h",
+        f"lib{p}.so: {p}.c {p}_weights.c {p}.h qc_kernels.h qc_x86.h",
         f"\t$(CC) $(ALL_CFLAGS) -fPIC -shared -o $@ {p}.c {p}_weights.c -lm", "",
-        f"{p}.o: {p}.c {p}.h qc_kernels.h", f"\t$(CC) $(ALL_CFLAGS) -c -o $@ {p}.c", "",
+        f"{p}.o: {p}.c {p}.h qc_kernels.h qc_x86.h", f"\t$(CC) $(ALL_CFLAGS) -c -o $@ {p}.c", "",
         f"{p}_weights.o: {p}_weights.c", f"\t$(CC) $(ALL_CFLAGS) -c -o $@ {p}_weights.c", "",
         "clean:", f"\trm -f *.o lib{p}.a lib{p}.so", "", ".PHONY: all shared clean", ""])
 
@@ -133,7 +134,8 @@ def render(lib, src, prog, scratch_at: int) -> Dict[str, str]:
         io, "", "See docs/codegen.md of qcompiler for a complete example.", ""])
 
     return {f"{p}.h": "\n".join(h), f"{p}.c": "\n".join(c), f"{p}_weights.c": "\n".join(w),
-            "qc_kernels.h": (RUNTIME_DIR / "qc_kernels.h").read_text(), "Makefile": make, "README.md": readme}
+            "qc_kernels.h": (RUNTIME_DIR / "qc_kernels.h").read_text(),
+            "qc_x86.h": (RUNTIME_DIR / "qc_x86.h").read_text(), "Makefile": make, "README.md": readme}
 
 
 def _rounding_code(rounding: str) -> int:

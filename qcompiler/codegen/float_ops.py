@@ -180,6 +180,58 @@ def resize(src: Source, node) -> None:
                        sizes=None if sizes is None else list(sizes[2:]))
 
 
+def _pads(node, xs, ys, kh, kw, transpose: bool):
+    a = node.attrs
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or (transpose and a.get("output_shape")):
+        # auto_pad / output_shape: the pads that give the traced output shape
+        sh, sw = a.get("strides", [1, 1])
+        dh, dw = a.get("dilations", [1, 1])
+        if transpose:
+            op = a.get("output_padding", [0, 0])
+            th = (xs[2] - 1) * sh + dh * (kh - 1) + 1 + op[0] - ys[2]
+            tw = (xs[3] - 1) * sw + dw * (kw - 1) + 1 + op[1] - ys[3]
+        else:
+            th = max((ys[2] - 1) * sh + dh * (kh - 1) + 1 - xs[2], 0)
+            tw = max((ys[3] - 1) * sw + dw * (kw - 1) + 1 - xs[3], 0)
+        upper = a.get("auto_pad") == "SAME_UPPER" or (not transpose and a.get("auto_pad") != "SAME_LOWER")
+        if transpose and a.get("output_shape") and a.get("auto_pad") != "SAME_UPPER":
+            upper = False
+        return (th // 2, tw // 2) if upper else (th - th // 2, tw - tw // 2)
+    p = a.get("pads", [0, 0, 0, 0])
+    return int(p[0]), int(p[1])
+
+
+def conv(src: Source, node) -> None:
+    """float Conv and ConvTranspose (NCHW, 2-D, constant weights)."""
+    _float_io(src, node)
+    a = node.attrs
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    b = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    xs, ys = src.shape(x), src.shape(y)
+    if len(xs) != 4 or w not in src.static or (b and b not in src.static):
+        raise unsupported(node, "a non-2-D input or non-constant weights")
+    ws = src.shape(w)
+    kh, kw = ws[2], ws[3]
+    g = int(a.get("group", 1))
+    sh, sw = (int(v) for v in a.get("strides", [1, 1]))
+    dh, dw = (int(v) for v in a.get("dilations", [1, 1]))
+    transpose = node.op == "ConvTranspose"
+    pt, pl = _pads(node, xs, ys, kh, kw, transpose)
+    bsym = src.const(b, np.asarray(src.array(b), np.float32), "float") if b else "NULL"
+    wsym = src.const(w, np.asarray(src.array(w), np.float32), "float")
+    geo = f"{xs[0]}, {xs[1]}, {xs[2]}, {xs[3]}, {ys[1]}, {g}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {pt}, {pl}, " \
+          f"{ys[2]}, {ys[3]}"
+    if transpose:
+        acc = -(-(ys[1] * ys[2] * ys[3] * 8) // 64) * 64
+        src.need_scratch(acc + ws[1] * kh * kw * xs[2] * xs[3] * 4)
+        src.emit(f"ConvTranspose {node.name} (float)",
+                 f"qc_conv_transpose_f({src.ptr(x)}, {wsym}, {bsym}, {geo}, (double*)scratch, "
+                 f"(float*)(scratch + {acc}), {src.ptr(y)});")
+    else:
+        src.emit(f"Conv {node.name} (float): {kh}x{kw}/{sh}",
+                 f"qc_conv_f({src.ptr(x)}, {wsym}, {bsym}, {geo}, {src.ptr(y)});")
+
+
 def emitter(op: str):
     if op in MOVEMENT:
         return movement
@@ -187,4 +239,5 @@ def emitter(op: str):
         return unary
     if op in BINARY:
         return binary
-    return {"Softmax": softmax, "LogSoftmax": softmax, "Cast": cast, "Concat": concat, "Resize": resize}.get(op)
+    return {"Softmax": softmax, "LogSoftmax": softmax, "Cast": cast, "Concat": concat, "Resize": resize,
+            "Conv": conv, "ConvTranspose": conv}.get(op)

@@ -43,14 +43,26 @@ class CLibrary:
     profile_labels: List[str] = field(default_factory=list)
 
 
+def target_isa(target_name: str) -> tuple:
+    """The instruction sets a shipped target's file allows (its `isa` statement); () for a
+    target that is not shipped (portable C)."""
+    from ..target import load_target
+
+    try:
+        return tuple(load_target(target_name).isa)
+    except Exception:  # a custom target file the program only names: portable C
+        return ()
+
+
 def generate(prog: Program, input_shapes: Optional[Mapping[str, Sequence[int]]] = None, prefix: str = "model",
-             debug: bool = False, profile: bool = False) -> CLibrary:
+             debug: bool = False, profile: bool = False, isa: Optional[Sequence[str]] = None) -> CLibrary:
     """C sources of `prog` for concrete input shapes (see shapes.resolve_input_shapes).
 
     debug: every tensor keeps its own workspace bytes after model_run, and the library
     lists them (name, offset, type) so that tests can compare each with the interpreter.
     profile: each node's wall time is summed into <prefix>_profile_s[] (POSIX clock; for
     bench/bench_codegen.py), labelled by <prefix>_profile_labels[].
+    isa: the instruction sets the code may use; default: the program's target file's `isa`.
     """
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise UsageError(f"'{prefix}' is not a C identifier", "give a prefix of letters, digits and '_'")
@@ -65,6 +77,7 @@ def generate(prog: Program, input_shapes: Optional[Mapping[str, Sequence[int]]] 
     static = static_tensors(prog)
     src = Source(prog, values, static, prefix)
     src.profile = profile
+    src.isa = tuple(target_isa(prog.target) if isa is None else isa)
     for name in prog.outputs:
         if name in static or name in prog.inputs or str(values[name].dtype) != "float32":
             raise ModelError(f"program output '{name}' is not a float32 tensor computed from the inputs",

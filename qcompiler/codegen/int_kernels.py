@@ -137,15 +137,69 @@ def conv(src: Source, node) -> None:
         raise unsupported(node, f"{kind} conv from {in_layout} to {layout}")
     xp_bytes = -(-xp_elems * 2 // 64) * 64
     src.need_scratch(xp_bytes + acc * 4)
+    portable = [f"int16_t* xp = (int16_t*)scratch;",
+                f"int32_t* acc = (int32_t*)(scratch + {xp_bytes});",
+                f"qc_pad_i16({src.ptr(x)}, {_dt(src, x, node)}, {planes}, {h}, {wd}, {lanes}, {pt}, {pl}, {pb}, {pr}, "
+                f"{zx}, xp);",
+                "(void)acc;",
+                call]
+    fast = _x86_conv(src, node, kind, g, (n, cphys, h, wd, oc, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, ho, wo), zx, bias,
+                     ydt, in_layout, layout)
+    if fast:
+        portable = fast[:-1] + ["#ifdef QC_X86", f"if (!{fast[-1]})", "#endif", "{"] + \
+            ["  " + st for st in portable] + ["}"]
     src.emit(f"Conv {node.name}: {kind} {layout}, {kh}x{kw}/{sh}, group {g}",
              f"static const qc_conv_geo g = {geo};",
              f"static const qc_rq rq = {rq};",
-             f"int16_t* xp = (int16_t*)scratch;",
-             f"int32_t* acc = (int32_t*)(scratch + {xp_bytes});",
-             f"qc_pad_i16({src.ptr(x)}, {_dt(src, x, node)}, {planes}, {h}, {wd}, {lanes}, {pt}, {pl}, {pb}, {pr}, "
-             f"{zx}, xp);",
-             "(void)acc;",
-             call)
+             *portable)
+
+
+def _ceil(v: int, m: int) -> int:
+    return -(-int(v) // m) * m
+
+
+def _x86_conv(src: Source, node, kind, g, geo, zx, bias, ydt, in_layout, layout):
+    """Statements of the AVX2 / AVX-512 VNNI path of an NCHW conv (qc_x86.h), or None; the
+    last one is the call, which returns 0 when the CPU has neither (portable path runs)."""
+    if not (src.x86 and in_layout == layout == "NCHW" and src.dtype(node.inputs[0]) in ("int8", "uint8")):
+        return None
+    n, c, h, wd, oc, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, ho, wo = geo
+    x, y = node.inputs[0], node.outputs[0]
+    w = np.asarray(src.array(node.inputs[1]), np.int8)
+    xdt = _dt(src, x, node)
+    hp, wp = h + pt + pb, wd + pl + pr
+    if kind == "depthwise" and g == c == oc and w.shape == (oc, 1, kh, kw):
+        hq, wq = -(-hp // sh), -(-wp // sw)
+        nq = ho * wq
+        nqp = _ceil(nq, 32)
+        total = sh * sw * hq * wq + nqp + 64
+        src.need_scratch(_ceil(total * 2, 64) + nqp * 4)
+        d = f"{{{n}, {c}, {h}, {wd}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {pt}, {pl}, {ho}, {wo}, {hq}, {wq}, " \
+            f"{nq}, {nqp}, {hq * wq}}}"
+        wsym = src.const(node.inputs[1], w, "int8_t")
+        return [f"static const qc_x86_dw xd = {d};",
+                f"qc_conv_dw_x86({src.ptr(x)}, {xdt}, {zx}, {wsym}, {src.const(node.inputs[2], bias, 'int32_t')}, "
+                f"&xd, &rq, {src.ptr(y)}, {ydt}, scratch)"]
+    if g != 1 or w.shape != (oc, c, kh, kw):
+        return None
+    k = c * kh * kw
+    k4, ocp = _ceil(k, 4), _ceil(oc, 8)
+    p = ho * wo
+    pp = _ceil(p, 32)
+    direct = int(kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0)
+    a = np.zeros((ocp, k4), np.int8)
+    a[:oc, :k] = w.reshape(oc, k)
+    b2 = np.zeros(ocp, np.int32)
+    b2[:oc] = bias
+    if xdt == "QC_I8":  # the input is offset by 128 to u8: take 128 * sum(w) back out
+        b2[:oc] -= 128 * w.reshape(oc, k).astype(np.int32).sum(axis=1)
+    xpad = 0 if direct else _ceil(n * c * hp * wp, 64)
+    src.need_scratch(xpad + _ceil(wp + 64, 64) + _ceil(k4 * pp, 64) + k4 * 8)
+    cg = f"{{{n}, {c}, {h}, {wd}, {oc}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {pt}, {pl}, {pb}, {pr}, {ho}, {wo}, " \
+         f"{k}, {k4}, {ocp}, {p}, {pp}, {direct}}}"
+    return [f"static const qc_x86_conv xc = {cg};",
+            f"qc_conv_nchw_x86({src.ptr(x)}, {xdt}, {zx}, {src.new_const(a, 'int8_t')}, {src.new_const(b2, 'int32_t')}, "
+            f"&xc, &rq, {src.ptr(y)}, {ydt}, scratch)"]
 
 
 def gemm(src: Source, node) -> None:

@@ -111,8 +111,8 @@ class NativeModel:
 
 
 def load(prog, input_shapes=None, debug: bool = False, cc: Optional[str] = None,
-         flags: Sequence[str] = DEFAULT_FLAGS) -> NativeModel:
-    lib = generate(prog, input_shapes, debug=debug)
+         flags: Sequence[str] = DEFAULT_FLAGS, isa: Optional[Sequence[str]] = None) -> NativeModel:
+    lib = generate(prog, input_shapes, debug=debug, isa=isa)
     return NativeModel(lib, compile_shared(lib, cc, flags))
 
 

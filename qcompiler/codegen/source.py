@@ -59,6 +59,11 @@ class Source:
         self.scratch = 0  # bytes
         self.profile = False
         self.labels: List[str] = []  # profiled nodes
+        self.isa: tuple = ()  # instruction sets the target allows (QC_ISA_* defines)
+
+    @property
+    def x86(self) -> bool:
+        return "avx2" in self.isa or "avx512_vnni" in self.isa
 
     # ------------------------------------------------------------------ tensors
     def dtype(self, name: str) -> str:

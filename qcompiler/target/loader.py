@@ -9,7 +9,7 @@ statement replaces the parent's statement of the same kind (and name):
 - `passthrough` / `share_scale` / `float`: the whole list
 - `placement { KEY VALUE }`: by key
 - `layout OPS ...`: the child's layout rules replace every parent rule for the ops they name
-- `rounding`, `calibration`, `requant`, `accumulator`, `pad_channels`, `fallback`, `pipeline`: replaced
+- `rounding`, `calibration`, `requant`, `accumulator`, `pad_channels`, `fallback`, `pipeline`, `isa`: replaced
 
 A parent named in `extends NAME` is looked up first as `NAME.qtarget` next to the child
 file, then among the shipped targets.
@@ -204,6 +204,7 @@ class _Resolver:
             "pad_channels": p.pad_channels if p else None,
             "fallback": p.fallback_layout if p else "NCHW",
             "pipeline": p.pipeline if p else None,
+            "isa": p.isa if p else (),
         }
         self.single_pos: dict[str, Pos | None] = {}
         self.patterns: dict[str, PatternDef] = {pt.name: pt for pt in (p.patterns if p else ())}
@@ -316,6 +317,7 @@ class _Resolver:
             pad_channels=self.single["pad_channels"],  # type: ignore[arg-type]
             fallback_layout=self.single["fallback"],  # type: ignore[arg-type]
             pipeline=tuple(self.single["pipeline"]),  # type: ignore[arg-type]
+            isa=tuple(self.single["isa"]),  # type: ignore[arg-type]
             lineage=(decl.name,) + (self.parent.lineage if self.parent else ()),
             source=decl.file,
             pos=decl.pos,

@@ -288,6 +288,8 @@ class Target:
     pad_channels: int | None = None
     fallback_layout: str = "NCHW"
     pipeline: tuple[str, ...] = ()
+    # instruction sets the generated C may use (qcompiler.codegen); () = portable C only
+    isa: tuple[str, ...] = ()
     # the chain of targets this one was resolved from, itself first: ("x86-avx2", "x86")
     lineage: tuple[str, ...] = field(default=(), compare=False)
     source: str | None = field(default=None, compare=False)

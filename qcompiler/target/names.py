@@ -42,6 +42,8 @@ REQUANT_STYLES = ("fixed_point", "float_scale")
 FIXED_POINT_FORMATS = ("q31", "q15")
 
 ACCUMULATORS = ("int16", "int32")
+# instruction-set extensions the C code generator has kernels for (isa statement)
+ISAS = ("avx2", "avx512_vnni", "neon", "dotprod")
 
 LAYOUTS = ("NCHW", "NHWC", "NCHW44", "NCHW44_DOT", "NC4HW4", "NC32HW32")
 
@@ -71,7 +73,7 @@ PLACEMENT_KEYS: dict[str, tuple[str, ...]] = {
 STATEMENT_KEYWORDS = (
     "activation", "weight", "bias", "rounding", "calibration", "requant", "accumulator", "pattern", "drop",
     "passthrough", "share_scale", "float", "placement", "layout", "pad_channels", "fallback",
-    "pipeline",
+    "pipeline", "isa",
 )
 
 

@@ -200,7 +200,7 @@ class Stmt:
     """One statement of a target body, converted to model data.
 
     kind: scheme | override | rounding | calibration | requant | accumulator | pattern | drop | oplist |
-          placement | layout | pad_channels | fallback | pipeline
+          placement | layout | pad_channels | fallback | pipeline | isa
     key: what makes two statements "the same" (a duplicate in one file; an override
          across inheritance); None for layout rules, which are ordered, not keyed.
     """
@@ -476,6 +476,10 @@ class _Builder:
                                      "`qcompiler passes` lists the registered passes"))
             where.append(self.pos(tok))
         return [Stmt("pipeline", "pipeline", tuple(passes), self.pos(tree), tuple(where))]
+
+    def isa_stmt(self, tree: Tree) -> list[Stmt]:
+        isas = tuple(self.check(tok, N.ISAS, "instruction set") for tok in self.tokens(tree.children[0]))
+        return [Stmt("isa", "isa", isas, self.pos(tree))]
 
     # ---- op lists
     def oplist_stmt(self, tree: Tree) -> list[Stmt]:

@@ -121,5 +121,7 @@ def format_target(target: Target) -> str:
     out.append(f"{ind}fallback {target.fallback_layout}")
     out.append("")
     out.extend(_list_stmt("pipeline", target.pipeline, ind))
+    if target.isa:
+        out.extend(_list_stmt("isa", target.isa, ind))
     out.append("}")
     return "\n".join(out) + "\n"

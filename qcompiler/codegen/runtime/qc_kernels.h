@@ -5,6 +5,9 @@
  * requantization (Q31 fixed point or float32 scale) and rounding, and its clamps.
  * QC_ROUNDING selects the program's rounding before this file is included:
  *   0 half_away_from_zero (gemmlowp double rounding), 1 single_rounding, 2 half_to_even.
+ * QC_ISA_<NAME> (from the target file's `isa` statement) allows the intrinsic paths:
+ * NEON / DOTPROD on arm64 (when the compiler targets them), AVX2 / AVX512_VNNI on x86
+ * (qc_x86.h, chosen at run time).
  * Compile with -ffp-contract=off (and never -ffast-math): the float32 epilogues must not
  * be fused into FMAs to stay exact.
  *
@@ -28,9 +31,14 @@
 
 /* arm64: NEON (vmlal) for NCHW44 dense convs, SDOT (vdotq_s32) for NCHW44_DOT when the
  * compiler targets it (-march=armv8.2-a+dotprod); both give the portable code's integers */
-#if defined(__ARM_NEON) && defined(__aarch64__)
+#if defined(__ARM_NEON) && defined(__aarch64__) && defined(QC_ISA_NEON)
 #include <arm_neon.h>
 #define QC_NEON 1
+#endif
+
+/* x86: AVX2 / AVX-512 VNNI conv kernels (qc_x86.h) when the target lists them */
+#if defined(__x86_64__) && defined(__GNUC__) && (defined(QC_ISA_AVX2) || defined(QC_ISA_AVX512_VNNI))
+#define QC_X86 1
 #endif
 
 /* the requantization below relies on arithmetic right shifts of negative integers */
@@ -346,7 +354,7 @@ static inline void qc_conv_nhwc(const int16_t* xp, const int8_t* w, const int32_
 /* one output pixel of a 4x4 weight block: a[o] += sum_i x[i] * w(i, o) */
 static inline void qc_block44(int32_t* a, const int16_t* xv, const int8_t* wb, int dot, int x_s8) {
 #if defined(QC_NEON)
-#if defined(__ARM_FEATURE_DOTPROD)
+#if defined(__ARM_FEATURE_DOTPROD) && defined(QC_ISA_DOTPROD)
   if (dot && x_s8) { /* w is (oc, ic): lane o of SDOT sums w[o][0..3] * x[0..3] */
     int16x4_t x16 = vld1_s16(xv);
     int8x8_t x8 = vmovn_s16(vcombine_s16(x16, x16));
@@ -548,6 +556,35 @@ typedef struct {
   qc_rq out;              /* fixed point: the output multiplier; both: zp and clamp */
 } qc_add_p;
 
+#if defined(QC_X86)
+#include "qc_x86.h"
+#endif
+
+/* the outer five dims of a broadcast, one innermost row at a time: row base offsets io,
+ * ba, bb and the row's length shape[5] */
+#define QC_BCAST_ROWS(bc, ...)                                                                        \
+  do {                                                                                                \
+    ptrdiff_t i0, i1, i2, i3, i4, io = 0;                                                             \
+    for (i0 = 0; i0 < (bc)->shape[0]; i0++)                                                           \
+      for (i1 = 0; i1 < (bc)->shape[1]; i1++)                                                         \
+        for (i2 = 0; i2 < (bc)->shape[2]; i2++)                                                       \
+          for (i3 = 0; i3 < (bc)->shape[3]; i3++)                                                     \
+            for (i4 = 0; i4 < (bc)->shape[4]; i4++, io += (bc)->shape[5]) {                           \
+              ptrdiff_t ba = i0 * (bc)->sa[0] + i1 * (bc)->sa[1] + i2 * (bc)->sa[2] + i3 * (bc)->sa[3] + \
+                             i4 * (bc)->sa[4];                                                        \
+              ptrdiff_t bb = i0 * (bc)->sb[0] + i1 * (bc)->sb[1] + i2 * (bc)->sb[2] + i3 * (bc)->sb[3] + \
+                             i4 * (bc)->sb[4];                                                        \
+              __VA_ARGS__;                                                                            \
+            }                                                                                         \
+  } while (0)
+
+/* uint8 operands and output, a contiguous, b contiguous or one value per row, float scale
+ * with ties to even: the rows the x86 paths take */
+static inline int qc_rows_u8(int adt, int bdt, int ydt, const qc_bcast* bc) {
+  return adt == QC_U8 && bdt == QC_U8 && ydt == QC_U8 && bc->sa[5] == 1 && (bc->sb[5] == 0 || bc->sb[5] == 1) &&
+         QC_ROUNDING == 2;
+}
+
 static inline void qc_add(const void* a, int adt, const void* b, int bdt, const qc_bcast* bc, const qc_add_p* p,
                           void* y, int ydt) {
   if (p->out.mode == QC_RQ_FIXED) {
@@ -559,23 +596,48 @@ static inline void qc_add(const void* a, int adt, const void* b, int bdt, const 
     });
   } else {
     float lo = (float)p->out.qmin, hi = (float)p->out.qmax;
-    QC_BCAST_LOOP(bc, {
-      float va = ((float)qc_ld(a, adt, ia) - (float)p->za) * p->fa;
-      float vb = ((float)qc_ld(b, bdt, ib) - (float)p->zb) * p->fb;
-      float o = qc_roundf(va + vb) + (float)p->out.zp;
-      if (o < lo) o = lo;
-      if (o > hi) o = hi;
-      qc_st(y, ydt, io, (int32_t)o);
+    int fast = 0;
+#if defined(QC_X86)
+    fast = qc_x86_level() >= 1 && qc_rows_u8(adt, bdt, ydt, bc);
+#endif
+    QC_BCAST_ROWS(bc, {
+      ptrdiff_t i5 = 0, n5 = bc->shape[5];
+#if defined(QC_X86)
+      if (fast)
+        i5 = qc_add_row_avx2((const uint8_t*)a + ba, (const uint8_t*)b + bb, (int)bc->sb[5], n5, p, (uint8_t*)y + io);
+#endif
+      for (; i5 < n5; i5++) {
+        float va = ((float)qc_ld(a, adt, ba + i5 * bc->sa[5]) - (float)p->za) * p->fa;
+        float vb = ((float)qc_ld(b, bdt, bb + i5 * bc->sb[5]) - (float)p->zb) * p->fb;
+        float o = qc_roundf(va + vb) + (float)p->out.zp;
+        if (o < lo) o = lo;
+        if (o > hi) o = hi;
+        qc_st(y, ydt, io + i5, (int32_t)o);
+      }
     });
+    (void)fast;
   }
 }
 
 static inline void qc_mul(const void* a, int adt, int32_t za, const void* b, int bdt, int32_t zb,
                           const qc_bcast* bc, const qc_rq* rq, void* y, int ydt) {
-  QC_BCAST_LOOP(bc, {
-    int32_t acc = (qc_ld(a, adt, ia) - za) * (qc_ld(b, bdt, ib) - zb);
-    qc_st(y, ydt, io, qc_rq_int(rq, acc, 0));
+  int fast = 0;
+#if defined(QC_X86)
+  fast = qc_x86_level() >= 1 && rq->mode == QC_RQ_FLOAT && qc_rows_u8(adt, bdt, ydt, bc);
+#endif
+  QC_BCAST_ROWS(bc, {
+    ptrdiff_t i5 = 0, n5 = bc->shape[5];
+#if defined(QC_X86)
+    if (fast)
+      i5 = qc_mul_row_avx2((const uint8_t*)a + ba, za, (const uint8_t*)b + bb, (int)bc->sb[5], zb, n5, rq,
+                           (uint8_t*)y + io);
+#endif
+    for (; i5 < n5; i5++) {
+      int32_t acc = (qc_ld(a, adt, ba + i5 * bc->sa[5]) - za) * (qc_ld(b, bdt, bb + i5 * bc->sb[5]) - zb);
+      qc_st(y, ydt, io + i5, qc_rq_int(rq, acc, 0));
+    }
   });
+  (void)fast;
 }
 
 static inline void qc_requant(const void* x, int xdt, int32_t zx, ptrdiff_t n, const qc_rq* rq, void* y, int ydt) {
@@ -586,7 +648,14 @@ static inline void qc_requant(const void* x, int xdt, int32_t zx, ptrdiff_t n, c
 static inline void qc_lut(const void* x, int xdt, ptrdiff_t n, const void* table, void* y) {
   ptrdiff_t i;
   const uint8_t* t = (const uint8_t*)table;
-  for (i = 0; i < n; i++) ((uint8_t*)y)[i] = t[qc_ld(x, xdt, i) - (xdt == QC_U8 ? 0 : -128)];
+  uint8_t* d = (uint8_t*)y;
+  if (xdt == QC_U8) {
+    const uint8_t* s = (const uint8_t*)x;
+    for (i = 0; i < n; i++) d[i] = t[s[i]];
+  } else {
+    const int8_t* s = (const int8_t*)x;
+    for (i = 0; i < n; i++) d[i] = t[s[i] + 128];
+  }
 }
 
 /* ------------------------------------------------------------------ spatial ops */
@@ -603,27 +672,47 @@ static inline ptrdiff_t qc_unit(const qc_plane* p, int u) {
   return (ptrdiff_t)(u / p->lanes) * p->ustride + u % p->lanes;
 }
 
-/* MaxPool: padding and the ceil_mode overhang read the type's minimum, i.e. are skipped */
+/* MaxPool: padding and the ceil_mode overhang read the type's minimum, i.e. are skipped.
+ * Separable: each window row's maximum over the columns, then the maximum of those, for up
+ * to 256 output columns at a time. */
 static inline void qc_maxpool(const void* x, int dt, const qc_plane* xi, void* y, const qc_plane* yo, int kh,
                               int kw, int sh, int sw, int dh, int dw, int pt, int pl) {
-  int u, oh, ow, i, j;
+  int u, oh, ow0, ow, i, j, n;
+  int32_t m[256];
+  int32_t lo = dt == QC_U8 ? 0 : -128;
   for (u = 0; u < xi->units; u++) {
     ptrdiff_t bx = qc_unit(xi, u), by = qc_unit(yo, u);
     for (oh = 0; oh < yo->H; oh++)
-      for (ow = 0; ow < yo->W; ow++) {
-        int32_t m = dt == QC_U8 ? 0 : -128;
+      for (ow0 = 0; ow0 < yo->W; ow0 += 256) {
+        n = yo->W - ow0 < 256 ? yo->W - ow0 : 256;
+        for (ow = 0; ow < n; ow++) m[ow] = lo;
         for (i = 0; i < kh; i++) {
           int h = oh * sh + i * dh - pt;
+          ptrdiff_t row = bx + h * xi->hs;
           if (h < 0 || h >= xi->H) continue;
           for (j = 0; j < kw; j++) {
-            int w = ow * sw + j * dw - pl;
-            int32_t v;
-            if (w < 0 || w >= xi->W) continue;
-            v = qc_ld(x, dt, bx + h * xi->hs + w * xi->ws);
-            if (v > m) m = v;
+            /* output columns whose tap j is inside the row: w = ow*sw + j*dw - pl in [0, W) */
+            int first = 0, last = n, c0 = j * dw - pl;
+            if (c0 < 0) first = (-c0 + sw - 1) / sw - ow0;
+            if (xi->W - c0 <= 0) last = 0;
+            else if ((xi->W - c0 + sw - 1) / sw - ow0 < last) last = (xi->W - c0 + sw - 1) / sw - ow0;
+            if (first < 0) first = 0;
+            if (dt == QC_U8) {
+              const uint8_t* r = (const uint8_t*)x + row + (ptrdiff_t)(ow0 * sw + c0) * xi->ws;
+              for (ow = first; ow < last; ow++) {
+                int32_t v = r[(ptrdiff_t)ow * sw * xi->ws];
+                m[ow] = v > m[ow] ? v : m[ow];
+              }
+            } else {
+              const int8_t* r = (const int8_t*)x + row + (ptrdiff_t)(ow0 * sw + c0) * xi->ws;
+              for (ow = first; ow < last; ow++) {
+                int32_t v = r[(ptrdiff_t)ow * sw * xi->ws];
+                m[ow] = v > m[ow] ? v : m[ow];
+              }
+            }
           }
         }
-        qc_st(y, dt, by + oh * yo->hs + ow * yo->ws, m);
+        for (ow = 0; ow < n; ow++) qc_st(y, dt, by + oh * yo->hs + (ptrdiff_t)(ow0 + ow) * yo->ws, m[ow]);
       }
   }
 }
@@ -795,6 +884,77 @@ static inline void qc_softmax(const float* x, float* y, ptrdiff_t outer, ptrdiff
       for (i = 0; i < n; i++) s += expf(xs[i * inner] - m);
       for (i = 0; i < n; i++) ys[i * inner] = log_ ? (xs[i * inner] - m) - logf(s) : expf(xs[i * inner] - m) / s;
     }
+}
+
+/* float ConvTranspose (weight [C, OC/G, FH, FW]) as the reference computes it: per group,
+ * the float32 products summed over the input channels for every (output channel, tap) at
+ * every input pixel (cb: OC/G*FH*FW*H*W floats), then scattered into a double accumulator
+ * of the cropped output (acc: OC*Ho*Wo doubles), then the bias */
+static inline void qc_conv_transpose_f(const float* x, const float* w, const float* b, int N, int C, int H, int W,
+                                       int OC, int G, int FH, int FW, int sh, int sw, int dh, int dw, int pt,
+                                       int pl, int Ho, int Wo, double* acc, float* cb, float* y) {
+  int icg = C / G, ocg = OC / G, n, grp, ic, ih, iw, o, i, j, col, ncol = ocg * FH * FW;
+  ptrdiff_t P = (ptrdiff_t)Ho * Wo, HW = (ptrdiff_t)H * W, k;
+  for (n = 0; n < N; n++) {
+    for (k = 0; k < (ptrdiff_t)OC * P; k++) acc[k] = 0.0;
+    for (grp = 0; grp < G; grp++) {
+      for (k = 0; k < (ptrdiff_t)ncol * HW; k++) cb[k] = 0.0f;
+      for (ic = 0; ic < icg; ic++) {
+        const float* xp = x + ((ptrdiff_t)n * C + grp * icg + ic) * HW;
+        const float* wk = w + (ptrdiff_t)(grp * icg + ic) * ncol;
+        for (col = 0; col < ncol; col++) {
+          float wv = wk[col];
+          float* c = cb + (ptrdiff_t)col * HW;
+          for (k = 0; k < HW; k++) c[k] += xp[k] * wv;
+        }
+      }
+      for (o = 0; o < ocg; o++)
+        for (i = 0; i < FH; i++)
+          for (j = 0; j < FW; j++) {
+            const float* c = cb + ((ptrdiff_t)(o * FH + i) * FW + j) * HW;
+            double* a = acc + (ptrdiff_t)(grp * ocg + o) * P;
+            int c0 = j * dw - pl, iw0 = 0, iw1 = W; /* input columns landing inside the output */
+            if (c0 < 0) iw0 = (-c0 + sw - 1) / sw;
+            if (Wo - c0 <= 0) iw1 = 0;
+            else if ((Wo - c0 + sw - 1) / sw < iw1) iw1 = (Wo - c0 + sw - 1) / sw;
+            for (ih = 0; ih < H; ih++) {
+              int oh = ih * sh + i * dh - pt;
+              double* ar = a + (ptrdiff_t)oh * Wo + c0;
+              if (oh < 0 || oh >= Ho) continue;
+              for (iw = iw0; iw < iw1; iw++) ar[(ptrdiff_t)iw * sw] += (double)c[(ptrdiff_t)ih * W + iw];
+            }
+          }
+    }
+    for (o = 0; o < OC; o++)
+      for (k = 0; k < P; k++)
+        y[((ptrdiff_t)n * OC + o) * P + k] = (float)(acc[(ptrdiff_t)o * P + k] + (b ? (double)b[o] : 0.0));
+  }
+}
+
+/* float Conv (weight [OC, C/G, FH, FW]), summed in double; padding reads 0 */
+static inline void qc_conv_f(const float* x, const float* w, const float* b, int N, int C, int H, int W, int OC,
+                             int G, int FH, int FW, int sh, int sw, int dh, int dw, int pt, int pl, int Ho, int Wo,
+                             float* y) {
+  int icg = C / G, ocg = OC / G, n, oc, c, oh, ow, i, j;
+  for (n = 0; n < N; n++)
+    for (oc = 0; oc < OC; oc++)
+      for (oh = 0; oh < Ho; oh++)
+        for (ow = 0; ow < Wo; ow++) {
+          double s = b ? (double)b[oc] : 0.0;
+          for (c = 0; c < icg; c++) {
+            const float* xp = x + ((ptrdiff_t)n * C + (oc / ocg) * icg + c) * H * W;
+            const float* wk = w + ((ptrdiff_t)oc * icg + c) * FH * FW;
+            for (i = 0; i < FH; i++) {
+              int h = oh * sh + i * dh - pt;
+              if (h < 0 || h >= H) continue;
+              for (j = 0; j < FW; j++) {
+                int ww = ow * sw + j * dw - pl;
+                if (ww >= 0 && ww < W) s += (double)xp[(ptrdiff_t)h * W + ww] * wk[i * FW + j];
+              }
+            }
+          }
+          y[(((ptrdiff_t)n * OC + oc) * Ho + oh) * Wo + ow] = (float)s;
+        }
 }
 
 #endif /* QC_KERNELS_H */
