@@ -139,7 +139,7 @@ def render(lib, src, prog, scratch_at: int) -> Dict[str, str]:
 
 
 def _rounding_code(rounding: str) -> int:
-    from .generate import ROUNDING_CODE
+    from .source import ROUNDING_CODE
 
     return ROUNDING_CODE[rounding]
 

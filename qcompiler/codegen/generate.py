@@ -16,9 +16,7 @@ from ..lowering.program import Program
 from . import float_ops, int_kernels
 from .memory import ALIGN, Lifetime, align, place
 from .shapes import resolve_input_shapes, static_tensors, trace
-from .source import C_TYPE, Source, unsupported
-
-ROUNDING_CODE = {"half_away_from_zero": 0, "single_rounding": 1, "half_to_even": 2}
+from .source import ROUNDING_CODE, Source, unsupported
 
 
 @dataclass

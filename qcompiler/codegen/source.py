@@ -16,6 +16,9 @@ from ..errors import ModelError
 from ..lowering.layouts import block_of, is_blocked
 from ..lowering.program import Kernel, Program
 
+#: the program's rounding mode as the generated code's QC_ROUNDING constant
+ROUNDING_CODE = {"half_away_from_zero": 0, "single_rounding": 1, "half_to_even": 2}
+
 C_TYPE = {"int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t", "int32": "int32_t", "int64": "int64_t",
           "float32": "float", "uint16": "uint16_t"}
 DT_CODE = {"int8": "QC_I8", "uint8": "QC_U8", "float32": "QC_F32"}

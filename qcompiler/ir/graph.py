@@ -269,9 +269,23 @@ class IR:
         self.graph = graph
         if model_meta is not None:
             self.model_meta = dict(model_meta)
-        from .io import _name_nodes
+        self.name_nodes()
 
-        _name_nodes(self)
+    def name_nodes(self) -> None:
+        """Give every node a unique, stable name (ONNX allows empty and repeated ones)."""
+        seen = set()
+        tensor_names = set(self.tensors().keys())
+        for i, node in enumerate(self.graph.nodes):
+            name = node.name
+            if not name or name in seen or name in tensor_names:
+                base = name or f"{node.op}_{i}"
+                cand, k = base, 0
+                while cand in seen or cand in tensor_names:
+                    k += 1
+                    cand = f"{base}_{k}"
+                node.name = cand
+            seen.add(node.name)
+        self._reindex_names()
 
     # ------------------------------------------------------------------ housekeeping (manager only)
     def cleanup(self) -> int:

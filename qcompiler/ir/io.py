@@ -176,7 +176,7 @@ def model_to_ir(model: onnx.ModelProto) -> IR:
             if lazy is not None:
                 t._values, t.data_location = lazy, None
     ir = IR(graph, meta)
-    _name_nodes(ir)
+    ir.name_nodes()
     return ir
 
 
@@ -208,23 +208,6 @@ def _check_names(model: onnx.ModelProto) -> None:
     for o in model.graph.output:
         if o.name not in known:
             raise ModelError(f"graph output '{o.name}' is not produced by any node", "re-export the model")
-
-
-def _name_nodes(ir: IR) -> None:
-    """Give every node a unique, stable name (ONNX allows empty and repeated ones)."""
-    seen = set()
-    tensor_names = set(ir.tensors().keys())
-    for i, node in enumerate(ir.graph.nodes):
-        name = node.name
-        if not name or name in seen or name in tensor_names:
-            base = name or f"{node.op}_{i}"
-            cand, k = base, 0
-            while cand in seen or cand in tensor_names:
-                k += 1
-                cand = f"{base}_{k}"
-            node.name = cand
-        seen.add(node.name)
-    ir._reindex_names()
 
 
 def load_ir(source: Union[str, os.PathLike, onnx.ModelProto]) -> IR:
