@@ -369,7 +369,7 @@ def tie_analysis(prog, qdq, xs: np.ndarray, iname: str) -> Dict:
     distance to the nearest rounding tie (x.5), in steps. Tiny distances mean the exact
     value sits on a tie that float32 arithmetic (ONNX Runtime's, or a float epilogue's)
     decides either way; the share of all elements that close to a tie says how rare that is."""
-    from qcompiler.lowering.interpreter import KERNELS
+    from qcompiler.lowering.int_kernels import KERNELS
     from qcompiler.lowering.layouts import from_layout, to_layout
     from qcompiler.lowering.verify import _probe, ort_session
 

@@ -1,7 +1,8 @@
 """Shared test helpers: run a model in ONNX Runtime, random inputs, output comparison.
 
 `ort_run(model_or_path, feeds)` runs with ORT's graph optimizations turned off, so a
-comparison tests the graph qcompiler wrote, not the fusions ORT would apply to it.
+comparison tests the graph qcompiler wrote, not the fusions ORT would apply to it; test
+files make their sessions with `ort_session` (optimized=True for ORT's fused kernels).
 """
 
 from __future__ import annotations
@@ -24,14 +25,18 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
 
 
-def _session(model) -> ort.InferenceSession:
-    """A session for a ModelProto, a path, or a qcompiler IR (exported first)."""
+def ort_session(model, optimized: bool = False) -> ort.InferenceSession:
+    """A CPU session for a ModelProto, a path, or a qcompiler IR (exported first), one thread.
+    By default without graph optimizations: the graph as written (a QDQ model's reference
+    float semantics). optimized=True: ORT's default optimizations (a QDQ model then runs
+    ORT's fused integer kernels)."""
     if not isinstance(model, (onnx.ModelProto, str, os.PathLike)):
         from qcompiler.ir import ir_to_model
 
         model = ir_to_model(model)
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -40,14 +45,14 @@ def _session(model) -> ort.InferenceSession:
 
 
 def ort_run(model: ModelLike, feeds: Dict[str, np.ndarray],
-            output_names: Optional[Sequence[str]] = None) -> List[np.ndarray]:
+            output_names: Optional[Sequence[str]] = None, optimized: bool = False) -> List[np.ndarray]:
     """Outputs of `model` (a ModelProto, a path, or a qcompiler IR) on `feeds`, in graph order."""
-    return _session(model).run(list(output_names) if output_names else None, feeds)
+    return ort_session(model, optimized).run(list(output_names) if output_names else None, feeds)
 
 
-def ort_outputs(model: ModelLike, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def ort_outputs(model: ModelLike, feeds: Dict[str, np.ndarray], optimized: bool = False) -> Dict[str, np.ndarray]:
     """Outputs by name."""
-    sess = _session(model)
+    sess = ort_session(model, optimized)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
 

@@ -3,7 +3,6 @@ equalization recovers a channel-sabotaged net; bias correction; data-free ranges
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -13,12 +12,13 @@ from fixtures.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotag
 from qcompiler.driver.build import build
 from qcompiler.target import load_target
 
+from conftest import ort_run, ort_session
+
 FP32 = ["canonicalize", "record-bn-stats", "fold-bn", "fuse-conv-bias-act", "equalize"]
 
 
 def _run(model, feeds):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
+    return ort_run(model, feeds, optimized=True)
 
 
 def _net(depthwise=True, sabotage=None):
@@ -140,12 +140,11 @@ def test_data_free_ranges_follow_bn_statistics():
     s = stats["block0.expand.relu.out"]
     assert s.source == "bn" and np.all(s.lo >= 0)
     # the measured relu output means are close to the BN-derived ones
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(m, optimized=True)
     out = onnx.ModelProto()
     out.CopyFrom(m)
     out.graph.output.append(helper.make_tensor_value_info("block0.expand.relu.out", TensorProto.FLOAT, None))
-    v = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        ["block0.expand.relu.out"], data[0])[0]
+    v = ort_run(out, data[0], ["block0.expand.relu.out"], optimized=True)[0]
     measured = v.mean(axis=(0, 2, 3))
     np.testing.assert_allclose(s.mean, measured, atol=0.15 * np.abs(measured).max())
     del sess

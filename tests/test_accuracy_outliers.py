@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
@@ -22,13 +21,14 @@ from qcompiler.analysis.sensitivity import analyze, load_analysis, write_reports
 from fixtures.synthetic import cle_net, gaussian_batches, reestimate_bn, sabotage_channels
 from qcompiler.errors import UsageError
 
+from conftest import ort_run
+
 LAYER = "block0.expand.conv"  # 16 -> 32 channels, BN, Relu, then a depthwise conv reads it
 FACTORS = [100.0] + [1.0] * 31  # one outlier channel
 
 
 def _run(model, feeds):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)[0]
+    return ort_run(model, feeds, optimized=True)[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from qcompiler.rounding.adaround import AdaRoundConfig, adaround_codes, fake_quant_model, layer_view
@@ -10,6 +9,8 @@ from qcompiler.driver.build import build
 from qcompiler.quant.qparams import QParams
 from qcompiler.analysis.report import sqnr_db
 from fixtures.models import residual_concat_net
+
+from conftest import ort_run, ort_session
 
 PIPE = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate", "unify-concat-scales",
         "adaround", "place-qdq", "fold-requant"]
@@ -60,7 +61,7 @@ def test_conv_rows_reproduce_the_conv(group, stride, dil, pads, auto):
                                [onnx.numpy_helper.from_array(w, "w")])
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
     m.ir_version = 8
-    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = ort_run(m, {"x": x}, optimized=True)[0]
     god = view.to_god(w)  # [G, O/G, D]
     got = np.matmul(rows, god.transpose(0, 2, 1))  # [G, R, O/G]
     want = y.transpose(0, 2, 3, 1).reshape(-1, group, oc // group).transpose(1, 0, 2)
@@ -79,7 +80,7 @@ def test_fake_quant_model_matches_qdq_semantics():
     qp = QParams(0.1, 0, None, "int8")
     fq = fake_quant_model(m, {"x": qp}, {})
     v = np.array([[0.04, -0.26, 30.0], [1.0, 0.15, -0.05]], np.float32)
-    out = ort.InferenceSession(fq.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": v})[0]
+    out = ort_run(fq, {"x": v}, optimized=True)[0]
     np.testing.assert_allclose(out, np.maximum(fake_quant(v, qp), 0))
 
 
@@ -95,9 +96,7 @@ def net_and_data():
 
 
 def _run(model, batches):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = ort_session(model)
     return np.concatenate([s.run(None, b)[0] for b in batches])
 
 

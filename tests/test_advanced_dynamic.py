@@ -3,13 +3,14 @@ DynamicQuantizeLinear + MatMulInteger form), checked against FP32 in ONNX Runtim
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.pipeline.modes import prepare_build
 from qcompiler.driver.build import build
 from qcompiler.analysis.report import sqnr_db
+
+from conftest import ort_session
 
 D, S, H = 64, 16, 128
 
@@ -46,10 +47,7 @@ def transformer_block(seed: int = 0) -> onnx.ModelProto:
 
 
 def _run(model, xs, optimize=True):
-    so = ort.SessionOptions()
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = ort_session(model, optimized=optimize)
     name = s.get_inputs()[0].name
     return [np.concatenate(o) for o in zip(*[s.run(None, {name: x}) for x in xs])]
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -16,6 +15,8 @@ from qcompiler.driver.build import build
 from qcompiler.errors import QCompilerError
 from qcompiler.analysis.report import sqnr_db
 from qcompiler.target import load_target
+
+from conftest import ort_session
 
 ort_quant = pytest.importorskip("onnxruntime.quantization")
 
@@ -81,9 +82,7 @@ def ort_quantize(net, batches, fmt="QDQ", activation="QInt8", extra=None) -> onn
 
 
 def _run(model, feeds_list):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the reference Q/DQ semantics
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = ort_session(model)  # no optimizations: the reference Q/DQ semantics
     return np.concatenate([s.run(None, f)[0] for f in feeds_list])
 
 

@@ -3,7 +3,6 @@ opset-21 Q/DQ that ONNX Runtime runs, checked against FP32."""
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from qcompiler.pipeline.modes import prepare_build
@@ -16,6 +15,8 @@ from qcompiler.quant.scheme import QuantScheme
 from qcompiler.analysis.report import sqnr_db
 from qcompiler.target import load_target
 from fixtures.models import residual_concat_net
+
+from conftest import ort_session
 
 PIPE = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate", "unify-concat-scales",
         "place-qdq", "fold-requant"]
@@ -37,10 +38,7 @@ def data(net):
 
 
 def _run(model, batches, optimize=False):
-    so = ort.SessionOptions()
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = ort_session(model, optimized=optimize)
     return np.concatenate([s.run(None, b)[0] for b in batches])
 
 

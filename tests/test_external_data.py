@@ -18,8 +18,11 @@ import onnxruntime as ort
 import pytest
 
 import qcompiler.ir.io as qio
-from qcompiler.cli.main import main
+from qcompiler.cli import main
+from qcompiler.quant.session import ort_session
 from fixtures.models import conv_bn_relu, residual_concat_net, with_external_data
+
+from conftest import ort_run
 
 
 def _hashes(root: Path) -> dict:
@@ -58,7 +61,7 @@ def _calib(shape=(3, 16, 16), n=4):
 
 
 def _run_ort(path, feeds):
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort_run(path, feeds, optimized=True)
 
 
 @pytest.mark.parametrize("target", [None, "x86"])
@@ -199,7 +202,7 @@ def test_ort_session_over_2gb_keeps_the_model(monkeypatch):
     model = residual_concat_net(channels=16, hw=8, blocks=1)
     before = model.SerializeToString()
     x = {"input": np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32)}
-    ref = qio.ort_session(model).run(None, x)[0]
+    ref = ort_session(model).run(None, x)[0]
     monkeypatch.setattr(qio, "TWO_GB", 1000)
     seen = []
     real = ort.InferenceSession
@@ -209,7 +212,7 @@ def test_ort_session_over_2gb_keeps_the_model(monkeypatch):
         return real(source, *a, **k)
 
     monkeypatch.setattr(ort, "InferenceSession", spy)
-    got = qio.ort_session(model).run(None, x)[0]
+    got = ort_session(model).run(None, x)[0]
     monkeypatch.undo()
     assert len(seen) == 1 and isinstance(seen[0], str), "over the limit, the session must load from a file"
     # weight pre-packing is off on that path, so the kernels may round differently

@@ -28,7 +28,6 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,6 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompiler.driver.build import build
 from qcompiler.pipeline import known_pass_names
 from qcompiler.target import load_target
+
+from conftest import ort_outputs
 
 FP32_PASSES = ("canonicalize", "fold-bn", "fuse-conv-bias-act")
 TARGETS = ("x86", "arm64", "cuda")
@@ -271,9 +272,7 @@ def _feeds(model: onnx.ModelProto, seed: int = 0):
 
 
 def _run(model: onnx.ModelProto, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in model.graph.output]
-    return dict(zip(names, sess.run(names, feeds)))
+    return ort_outputs(model, feeds, optimized=True)
 
 
 def assert_close(ref: dict, got: dict, what: str):

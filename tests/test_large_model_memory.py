@@ -27,6 +27,7 @@ from qcompiler.driver.build import build
 from qcompiler.ir import ir_to_model, load_ir, model_to_ir
 from qcompiler.passes.canonicalize import Canonicalize
 from qcompiler.pipeline import Context
+from qcompiler.quant.session import ort_session
 from fixtures.models import conv_bn_relu, opset11_model, residual_concat_net, with_external_data
 
 from conftest import assert_same_outputs, random_feeds
@@ -118,12 +119,12 @@ def test_session_over_the_limit_streams_and_matches(monkeypatch):
     the serialized model, and leaves both as they were."""
     model = residual_concat_net(channels=16, hw=8, blocks=1)
     feeds = random_feeds(model)
-    ref = qio.ort_session(model).run(None, feeds)[0]
+    ref = ort_session(model).run(None, feeds)[0]
     ir = load_ir(model)
     before = model.SerializeToString()
     monkeypatch.setattr(qio, "SESSION_FILE_BYTES", 0)
     for source in (model, ir):
-        got = qio.ort_session(source, outputs=[]).run(None, feeds)[0]
+        got = ort_session(source, outputs=[]).run(None, feeds)[0]
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     assert model.SerializeToString() == before
     assert _normalized(ir_to_model(ir)) == _normalized(ir_to_model(load_ir(model)))

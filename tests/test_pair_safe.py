@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -20,6 +19,8 @@ from qcompiler.errors import TargetError
 from qcompiler.quant.plan import pair_sum_max
 from qcompiler.target.loader import load_target
 
+
+from conftest import ort_session
 
 def _net(ic: int) -> onnx.ModelProto:
     """Conv(ic -> 8, 3x3) -> Relu -> Flatten -> Gemm(transB=1) -> MatMul, with adjacent
@@ -91,10 +92,8 @@ def test_fused_kernels_match_the_qdq_model_as_written():
     ic = 3
     res = build(_net(ic), target="x86-avx2", calib=lambda: iter(_batches(ic)), options={"evaluate": False})
     outs = []
-    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
-        so = ort.SessionOptions()
-        so.graph_optimization_level = level
-        s = ort.InferenceSession(res.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for optimized in (True, False):
+        s = ort_session(res.model, optimized)
         outs.append(np.concatenate([s.run(None, b)[0] for b in _batches(ic, 4)]))
     fused, written = outs
     assert np.max(np.abs(fused - written)) <= 0.05 * np.max(np.abs(written))

@@ -3,7 +3,6 @@ build that derives them quantizes exactly as one that observes every tensor."""
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -12,6 +11,8 @@ from qcompiler.driver.build import build
 from qcompiler.ir import load_ir
 from qcompiler.pipeline.registry import all_passes
 from qcompiler.quant.derived import derivations, derived_ranges
+
+from conftest import ort_session
 
 all_passes()
 
@@ -78,9 +79,7 @@ def _internal(model, outs):
 
 def test_monotonic_ranges_equal_onnx_runtime():
     model, outs = _op_zoo()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(model)
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal(SHAPE).astype(np.float32) * 3 for _ in range(5)]
     values = {name: [] for name in ["x"] + outs}
@@ -116,9 +115,7 @@ def test_chain_through_an_unobserved_tensor_is_composed():
     """x + 3 inside a fused Add+Clip is not observed: clip(x + 3) follows from x all the same,
     equal to ONNX Runtime's values, and so does (clip(x + 3) * 1/6)'s."""
     model, outs = _op_zoo()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(model)
     x = np.random.default_rng(7).standard_normal(SHAPE).astype(np.float32) * 4
     vals = dict(zip(outs, sess.run(outs, {"x": x})))
     ir = load_ir(_internal(model, outs))

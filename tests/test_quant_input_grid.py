@@ -2,7 +2,6 @@
 it; inputs without such a lattice keep their calibrated range."""
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -11,6 +10,8 @@ from qcompiler.driver.build import build
 from qcompiler.quant.qparams import compute_qparams, fake_quant
 from qcompiler.quant.scheme import QuantScheme
 
+
+from conftest import ort_session
 U8 = QuantScheme("uint8", symmetric=False)
 S8 = QuantScheme("int8", symmetric=True)
 
@@ -90,10 +91,10 @@ def test_build_widens_a_lattice_input_and_reports_it(monkeypatch):
     assert "inputs_widened" not in plain.report["passes"]["calibrate"]
     assert _input_scale(plain.model)[0] == pytest.approx(2 / 255, rel=1e-6)
 
-    ref = ort.InferenceSession(_conv_net().SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = ort_session(_conv_net(), optimized=True)
 
     def err(model):
-        s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        s = ort_session(model, optimized=True)
         return sum(float(((ref.run(None, {"x": x})[0] - s.run(None, {"x": x})[0]) ** 2).sum()) for x in xs)
 
     assert err(r.model) < err(plain.model)

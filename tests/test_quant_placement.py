@@ -10,6 +10,8 @@ import pytest
 from qcompiler.driver.build import build
 from fixtures.models import residual_concat_net
 
+from conftest import ort_run, ort_session
+
 QUANT_PIPELINE = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "insert-observers", "calibrate",
                   "unify-concat-scales", "place-qdq", "fold-requant"]
 
@@ -35,11 +37,7 @@ def _run(model, feeds, reference=False):
     """reference=True runs the plain QDQ semantics (no fused integer kernels): s8 activations
     in ONNX Runtime's fused x86 kernels saturate on CPUs without VNNI, which says nothing
     about an arm64 or cuda model."""
-    so = ort.SessionOptions()
-    if reference:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
+    return ort_run(model, feeds, optimized=not reference)
 
 
 def _q_dtypes(model):
@@ -225,7 +223,7 @@ def test_histogram_methods_keep_gates_and_outputs_whole(method):
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     probe.graph.output.extend([onnx.helper.make_tensor_value_info("gate", onnx.TensorProto.FLOAT, None)])
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(probe, optimized=True)
     observed = {"prob": 0.0, "gate": 0.0}
     for f in feeds:
         prob, gate = sess.run(None, f)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper
@@ -17,6 +16,8 @@ from qcompiler.quant.qparams import (
 )
 from qcompiler.quant.scheme import DTYPES, QuantScheme
 
+
+from conftest import ort_session
 SETTINGS = settings(deadline=None, max_examples=300)
 
 # ---- schemes -------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def _qdq_model(qp: QParams, shape, opset: int, mode: str):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10 if opset >= 21 else 8
     onnx.checker.check_model(model)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort_session(model, optimized=True)
 
 
 def _test_input(shape, qp, rng):

@@ -5,12 +5,13 @@ scalar Muls in PP-OCR det once took its output SQNR from 10 dB to -0.2 dB)."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from qcompiler.driver.build import build
 from fixtures import tasks
 from fixtures.real_models import real_model_path
+
+from conftest import ort_session
 
 # floors well under what these builds measure (bench/results/quant.md: rapid 42, cls 25,
 # det 10.7 dB with 64 samples) and far above a broken model
@@ -23,10 +24,7 @@ CASES = {
 
 def _run(model, name, xs):
     # Q/DQ as written (no fused kernels): the same figure on CPUs with and without VNNI
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model if isinstance(model, str) else model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(model)
     return np.concatenate([sess.run(None, {name: x[None]})[0] for x in xs])
 
 
@@ -35,7 +33,7 @@ def test_x86_int8_output_sqnr(model):
     make, floor = CASES[model]
     path = real_model_path(model)
     calib, held = make(12, 1), make(6, 2)
-    name = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    name = ort_session(path).get_inputs()[0].name
     res = build(path, target="x86", calib=lambda: ({name: x[None]} for x in calib), options={"evaluate": False})
     ref, got = _run(path, name, held), _run(res.model, name, held)
     sqnr = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref.astype(np.float64) - got) ** 2))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
 from qcompiler.cli.main import main
 from fixtures.models import conv_bn_relu
 
+from conftest import ort_run
 
 @pytest.fixture
 def work(tmp_path, monkeypatch):
@@ -33,7 +33,7 @@ def run(capsys, *args):
 
 
 def _outputs(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return ort_run(path, {"x": x}, optimized=True)[0]
 
 
 def test_opset7_ir3_model_with_initializers_as_inputs(work, capsys):
@@ -72,8 +72,8 @@ def test_custom_target_with_16_or_4_bit_types_raises_the_opset(decl, dtype, work
     zps = {i.data_type for i in m.graph.initializer if i.name.endswith(("zero_point", "_quantized"))}
     assert dtype in zps
     x = np.load("calib.npy")[:1]
-    y = ort.InferenceSession("out.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    ref = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    y = ort_run("out.onnx", {"input": x}, optimized=True)[0]
+    ref = ort_run("model.onnx", {"input": x}, optimized=True)[0]
     assert np.abs(y - ref).max() < 0.2 * np.abs(ref).max()
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -15,16 +14,13 @@ from fixtures import tasks as T
 from fixtures.real_models import (REAL_MODELS, RealModelMissing, real_model_available,
                                            real_model_path)
 
+from conftest import ort_session
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _session(model) -> ort.InferenceSession:
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-
-
 def _run(model, feed=None):
-    sess = _session(model)
+    sess = ort_session(model, optimized=True)
     if feed is None:
         feed = T.random_inputs(model, 1, seed=0)[0]
     return sess.run(None, feed)
@@ -243,7 +239,7 @@ def test_with_external_data(tmp_path):
     header = onnx.load(path, load_external_data=False)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in header.graph.initializer)
     feed = T.random_inputs(model, 1, seed=3)[0]
-    np.testing.assert_allclose(_session(path).run(None, feed)[0], _run(model, feed)[0],
+    np.testing.assert_allclose(ort_session(path, optimized=True).run(None, feed)[0], _run(model, feed)[0],
                                rtol=1e-6, atol=1e-6)
 
 
@@ -316,7 +312,7 @@ def test_det_inputs_and_model():
     x = T.det_inputs(2, seed=0, size=(320, 320))
     assert x.shape == (2, 3, 320, 320) and x.dtype == np.float32
     assert -1.0 <= x.min() and x.max() <= 1.0
-    (p,) = _session(real_model_path("ppocr_det")).run(None, {"x": x})
+    (p,) = ort_session(real_model_path("ppocr_det"), optimized=True).run(None, {"x": x})
     assert p.shape == (2, 1, 320, 320)
     frac = (p > 0.3).mean(axis=(1, 2, 3))
     assert ((frac > 0.01) & (frac < 0.6)).all()  # it finds text, not everything
@@ -390,7 +386,7 @@ def test_example_files():
     assert total < 1_000_000
     model = onnx.load(str(model_path))
     onnx.checker.check_model(model, full_check=True)
-    sess = _session(model_path)
+    sess = ort_session(model_path, optimized=True)
     for p in samples:
         x = np.load(p)
         assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32

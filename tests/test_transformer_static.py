@@ -23,18 +23,14 @@ from qcompiler.ir import load_ir  # noqa: E402
 from qcompiler.quant.attention_mask import mask_nodes, mask_tensors  # noqa: E402
 from qcompiler.target import load_target  # noqa: E402
 
+from conftest import ort_session  # noqa: E402
 TRANSFORMER_PASSES = ("attention-mask", "transformer-placement")
 CALIB = padded_batches(48, seed=1)
 HELD = padded_batches(64, seed=2)
 
 
 def _embed(model, optimize=True):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(model, optimized=optimize)
     return np.concatenate([sess.run(None, b)[0] for b in HELD])
 
 

@@ -43,7 +43,7 @@ def session(model: onnx.ModelProto, threads: int = 0, reference: bool = False) -
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    from qcompiler.ir.io import ort_session
+    from qcompiler.quant.session import ort_session
 
     return ort_session(model, so)
 

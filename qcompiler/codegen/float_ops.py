@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..lowering.interpreter import run_float_op
+from ..lowering.float_ops import run_float_op
 from . import int_kernels
 from .source import Source, flit, unsupported
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..lowering import interpreter as ref
+from ..lowering import int_kernels as ref
 from ..lowering.fixed_point import quantize_multiplier
 from ..lowering.layouts import block_of, is_blocked, same_activation_form
 from .source import DT_CODE, Source, flit, ilit, unsupported

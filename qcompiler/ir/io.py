@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -18,6 +17,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from ..errors import ModelError, UsageError
+from ..quant.int4 import FOUR_BIT_TYPES, pack_4bit_constants
 from .graph import IR
 
 TWO_GB = 2**31 - 1
@@ -245,7 +245,7 @@ def _inline(model: onnx.ModelProto, layout: "DataLayout") -> onnx.ModelProto:
 
 def _export(ir: IR) -> onnx.ModelProto:
     g = ir.graph
-    _pack_4bit_constants(g)
+    pack_4bit_constants(g)
     model = gs.export_onnx(g, do_type_check=False)
     meta = ir.model_meta
     imports = dict(meta.get("opset_imports", {}))
@@ -271,20 +271,6 @@ def _export(ir: IR) -> onnx.ModelProto:
     return model
 
 
-def _pack_4bit_constants(g: gs.Graph) -> None:
-    """int4/uint4 constants whose values were read (ml_dtypes arrays, one byte per value)
-    go back to ONNX tensors: gs 0.6 would export their bytes unpacked and fail."""
-    for node in g.nodes:
-        for t in node.inputs:
-            if not isinstance(t, gs.Constant) or isinstance(t._values, gs.ir.tensor.LazyValues):
-                continue
-            name = getattr(t._values, "dtype", None)
-            if name is not None and str(name) in ("int4", "uint4"):
-                from onnx import numpy_helper
-
-                t._values = gs.ir.tensor.LazyValues(numpy_helper.from_array(np.asarray(t._values), t.name))
-
-
 def _min_ir_version(opset: int) -> int:
     try:
         from onnx.helper import find_min_ir_version_for
@@ -299,7 +285,7 @@ def _dims_nbytes(t: onnx.TensorProto) -> int:
     count = 1
     for d in t.dims:
         count *= int(d)
-    if t.data_type in _FOUR_BIT:
+    if t.data_type in FOUR_BIT_TYPES:
         return (count + 1) // 2
     if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return 0
@@ -307,9 +293,6 @@ def _dims_nbytes(t: onnx.TensorProto) -> int:
         return count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except Exception:
         return 0
-
-
-_FOUR_BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 
 
 def raw_nbytes(t: onnx.TensorProto) -> int:
@@ -394,7 +377,7 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], force: boo
             onnx.save_model(skeleton, str(tmps[-1]))
         return out
     with staged(out) as (tmp,):
-        if _model_data_bytes(model)[1]:  # data left in files (read_model(lazy=True)): read it in
+        if model_data_bytes(model)[1]:  # data left in files (read_model(lazy=True)): read it in
             model = _inline(*external_skeleton(model, _INLINE, threshold=TWO_GB))
         onnx.save_model(model, str(tmp))
     return out
@@ -623,7 +606,7 @@ def ir_skeleton(ir: IR, location: str = "weights.data",
     still in files): they point at `location`, which the returned layout writes. Nothing is
     copied, and the IR is unchanged."""
     threshold = EXTERNAL_MIN_BYTES if threshold is None else threshold
-    _pack_4bit_constants(ir.graph)
+    pack_4bit_constants(ir.graph)
     layout = DataLayout(location)
     swapped = []
     try:
@@ -644,7 +627,7 @@ def ir_skeleton(ir: IR, location: str = "weights.data",
     return model, layout
 
 
-def _model_data_bytes(model: onnx.ModelProto) -> "tuple[int, bool]":
+def model_data_bytes(model: onnx.ModelProto) -> "tuple[int, bool]":
     """Bytes of the tensor data, and whether some of it is still in files."""
     total, lazy = 0, False
     for t in model.graph.initializer:
@@ -656,7 +639,7 @@ def _model_data_bytes(model: onnx.ModelProto) -> "tuple[int, bool]":
     return total, lazy
 
 
-def _ir_data_bytes(ir: IR) -> "tuple[int, bool]":
+def ir_data_bytes(ir: IR) -> "tuple[int, bool]":
     """Bytes of the IR's constants that ir_skeleton would move out, and whether some are in files."""
     total, lazy = 0, False
     for c in ir.graph.tensors().values():
@@ -666,64 +649,3 @@ def _ir_data_bytes(ir: IR) -> "tuple[int, bool]":
                 total += info[2]
             lazy |= isinstance(c._values, FileValues)
     return total, lazy
-
-
-def ort_session(source: Union[onnx.ModelProto, IR], options=None, providers=("CPUExecutionProvider",),
-                outputs=()):
-    """An ONNX Runtime InferenceSession for a ModelProto (or an IR) of any size; neither is
-    modified.
-
-    `outputs` (tensor names) are added as graph outputs. A small model goes to ONNX Runtime
-    as a serialized proto. With more tensor data than SESSION_FILE_BYTES (necessarily over
-    2 GB, where protobuf cannot serialize the proto), or with weights still in their files
-    (read_model(lazy=True)), the proto without its large tensors is written to a temporary
-    folder and the tensors are streamed into an external data file there (file to file for
-    those still in files): ONNX Runtime maps that file instead of parsing a second copy of
-    the weights, and no copy is made on the Python side. Weight pre-packing is off for
-    models over SESSION_FILE_BYTES: it would keep a packed copy of every weight next to the
-    mapped one (the kernels may round differently without it).
-    """
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)  # errors only: no coloured optimizer warnings among qcompiler's lines
-
-    if isinstance(source, IR):
-        data, lazy = _ir_data_bytes(source)
-        to_file = lazy or data > SESSION_FILE_BYTES
-        model, layout = ir_skeleton(source) if to_file else (ir_to_model(source), None)
-    else:
-        data, lazy = _model_data_bytes(source)
-        to_file = lazy or data > SESSION_FILE_BYTES or model_size(source) > TWO_GB
-        model, layout = external_skeleton(source, "weights.data") if to_file else (source, None)
-        if outputs and not to_file:  # outputs are added to a copy, not to the caller's model
-            model = onnx.ModelProto()
-            model.CopyFrom(source)
-    _add_outputs(model, outputs)
-    if not to_file:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
-    if data > SESSION_FILE_BYTES:
-        # Weights that passes replaced may sit in reference cycles of dropped graph objects:
-        # free them before ONNX Runtime maps the model's weights.
-        gc.collect()
-        if options is None:
-            options = ort.SessionOptions()
-        options.add_session_config_entry("session.disable_prepacking", "1")
-    with tempfile.TemporaryDirectory(prefix="qcompiler-ort-", ignore_cleanup_errors=True) as d:
-        if layout.entries:
-            layout.write(os.path.join(d, layout.location))
-        path = os.path.join(d, "model.onnx")
-        with open(path, "wb") as f:
-            f.write(model.SerializeToString())
-        del model
-        return ort.InferenceSession(path, options, providers=list(providers))
-
-
-def _add_outputs(model: onnx.ModelProto, names) -> None:
-    existing = {o.name for o in model.graph.output}
-    g = model.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    for name in names:
-        if name not in existing:
-            elem = types.get(name) or onnx.TensorProto.FLOAT
-            g.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-            existing.add(name)

@@ -270,6 +270,8 @@ def integer_outputs(prog: Program, named: Optional[set] = None) -> List[str]:
 
 
 def ort_session(model: Union[str, onnx.ModelProto], optimization: str = "disabled"):
+    """A CPU session at an ORT optimization level by name ("disabled": the Q/DQ model as
+    written, the reference the program is compared with)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -281,8 +283,11 @@ def ort_session(model: Union[str, onnx.ModelProto], optimization: str = "disable
         raise UsageError(f"unknown ORT optimization level '{optimization}'", f"use one of {', '.join(levels)}")
     so.graph_optimization_level = levels[optimization]
     so.log_severity_level = 3
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    if isinstance(model, onnx.ModelProto):
+        from ..quant.session import ort_session as any_size_session
+
+        return any_size_session(model, so)
+    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
 
 
 def _as_batches(inputs, input_names: Sequence[str]) -> List[Dict[str, np.ndarray]]:

@@ -140,7 +140,7 @@ def _conv_pads(node, spatial, k, strides, dil) -> Optional[List[int]]:
         return [0] * (2 * n)
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         return None
-    from qcompiler.lowering.interpreter import same_pads
+    from qcompiler.lowering.geometry import same_pads
 
     return same_pads(spatial, k, strides, dil, auto)
 
