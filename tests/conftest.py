@@ -141,3 +141,22 @@ def conv_bn_relu_path(tmp_path) -> str:
     from fixtures.models import conv_bn_relu
 
     return save(conv_bn_relu(), tmp_path / "conv_bn_relu.onnx")
+
+
+#: test files by what makes them slow; `pytest -m "not slow"` is the inner loop
+_REAL_MODEL_FILES = {"test_arm64_runtime.py", "test_codegen_x86.py", "test_real_models_fp32.py",
+                     "test_real_models_int8.py", "test_target_matrix.py", "test_transformer_static.py"}
+_PACKAGING_FILES = {"test_packaging.py"}
+_SLOW_FILES = _REAL_MODEL_FILES | _PACKAGING_FILES | {"test_api_matches_cli.py", "test_codegen_arm64.py", "test_codegen_exact.py",
+                                                      "test_codegen_cli.py", "test_large_model_memory.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in _REAL_MODEL_FILES:
+            item.add_marker(pytest.mark.real_models)
+        if name in _PACKAGING_FILES:
+            item.add_marker(pytest.mark.packaging)
+        if name in _SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
