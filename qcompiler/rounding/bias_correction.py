@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import Plan, require_plan
 from qcompiler.quant.qparams import QParams, fake_quant
 
 from qcompiler.quant.layers import Layer, bias_vector, channel_vector_shift, node_map, set_bias
@@ -191,8 +191,7 @@ def weight_error_shift(ir, node, qp, mu: np.ndarray, rounding: str = "half_to_ev
 def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to_even") -> Dict:
     """Subtract eps E[x] from every weighted kernel's bias; `expected` maps input tensor
     names to E[x] (a mean map [C, ...] or per-channel [C]). Returns a report."""
-    plan_json = ir.ann.notes["quant_plan"]
-    plan = Plan.from_json(plan_json)
+    plan = require_plan(ir, "bias correction")
     nodes = node_map(ir)
     tensors = ir.tensors()
     corrected, skipped = {}, {}
