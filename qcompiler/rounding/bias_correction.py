@@ -195,7 +195,7 @@ def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to
     nodes = node_map(ir)
     tensors = ir.tensors()
     corrected, skipped = {}, {}
-    for ki, k in enumerate(plan.kernels):
+    for k in plan.kernels:
         if k.weight is None or k.weight not in ir.ann.qparams:
             continue
         node = nodes.get(k.nodes[0])
@@ -218,7 +218,7 @@ def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to
         b = bias_vector(ir, node, cout)
         dtype = np.dtype(tensors[k.weight].dtype or np.float32)
         c = set_bias(ir, node, b - shift, dtype if dtype.kind == "f" else np.float32)
-        plan_json["kernels"][ki]["bias"] = c.name
+        k.bias = c.name  # the plan names the new bias tensor
         ref = float(np.sqrt(np.mean(b ** 2))) if b.size else 0.0
         corrected[k.name] = {"max_shift": float(np.max(np.abs(shift))), "bias_rms": ref}
     return {"corrected": len(corrected), "skipped": skipped, "layers": corrected}
