@@ -35,10 +35,11 @@ import numpy as np
 from qcompiler.rounding.adaround import (AdaRoundConfig, RowCollector, adaround_codes, fake_quant_model,
                                          layer_view, summarize)
 from qcompiler.precision.dtypes import apply_precision, store_weight_codes
-from qcompiler.errors import UsageError
 from qcompiler.ir.io import ir_to_model
+from qcompiler.pipeline.options import PROGRESS_OPTION, Option
+from qcompiler.precision.dtypes import PRECISION_OPTIONS
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import require_plan
 from qcompiler.quant.qparams import dequantize
 from qcompiler.quant.session import session_with_outputs
 
@@ -49,24 +50,31 @@ MEMORY_PER_CHUNK = 256 << 20  # bytes of sampled rows held at once
 class AdaRound(Pass):
     """Learn up/down rounding of weights by layer-wise reconstruction (AdaRound)."""
 
+    config = {"adaround": Option(bool, True, "false turns the pass into a no-op"),
+              "adaround_seconds": Option(float, None, "time budget for the whole pass"),
+              "adaround_iters": Option(int, 1000, "Adam iterations per layer"),
+              "adaround_lambda": Option(float, 3.0, "weight of the rounding regulariser"),
+              "adaround_lr": Option(float, 0.03, "Adam learning rate"),
+              "adaround_rows": Option(int, 4096, "input rows sampled per layer"),
+              "adaround_batches": Option(int, 8, "calibration batches read"),
+              "adaround_inputs": Option(str, "quantized", "layer inputs from the model quantized so far, or fp32",
+                                        choices=("quantized", "fp32")),
+              "progress": PROGRESS_OPTION, **PRECISION_OPTIONS}
+
     def run(self, ir, ctx) -> bool:
-        if ctx.option("adaround", True) is False:
+        settings = self.settings(ctx)
+        if settings.adaround is False:
             return False
         t0 = time.perf_counter()
-        budget = ctx.option("adaround_seconds")
-        deadline = t0 + float(budget) if budget else None
-        cfg = AdaRoundConfig(iters=int(ctx.option("adaround_iters", 1000)),
-                             lam=float(ctx.option("adaround_lambda", 3.0)),
-                             lr=float(ctx.option("adaround_lr", 0.03)))
-        max_rows = int(ctx.option("adaround_rows", 4096))
-        n_batches = int(ctx.option("adaround_batches", 8))
-        inputs_mode = ctx.option("adaround_inputs", "quantized")
-        if inputs_mode not in ("quantized", "fp32"):
-            raise UsageError(f"adaround_inputs {inputs_mode!r} is not quantized or fp32",
-                             "quantized: inputs from the model quantized so far (default); fp32: FP32 inputs")
-        progress = bool(ctx.option("progress", False))
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
-        apply_precision(ir, ctx, plan)  # learn on the final grids (int4 weights, int16 activations)
+        budget = settings.adaround_seconds
+        deadline = t0 + budget if budget else None
+        cfg = AdaRoundConfig(iters=settings.adaround_iters, lam=settings.adaround_lambda, lr=settings.adaround_lr)
+        max_rows = settings.adaround_rows
+        n_batches = settings.adaround_batches
+        inputs_mode = settings.adaround_inputs
+        progress = settings.progress
+        plan = require_plan(ir, self.name)
+        apply_precision(ir, ctx, plan, options=settings)  # learn on the final grids (int4 weights, int16 activations)
         layers, skipped = _layers(ir, plan)
         rep = ctx.pass_report(self.name)
         if not layers:

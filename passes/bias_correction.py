@@ -17,25 +17,31 @@ from __future__ import annotations
 import itertools
 
 from qcompiler.rounding.bias_correction import correct_biases, measure_input_means, weighted_inputs
+from qcompiler.pipeline.options import Option
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import require_plan
 
 
-@register_pass("bias-correction", requires={"calibrated"}, provides={"bias-corrected"})
+@register_pass("bias-correction", requires={"calibrated"}, provides={"bias-corrected"}, wants={"input-means"})
 class BiasCorrection(Pass):
     """Subtract the expected output error of quantized weights, (W_q - W) E[x], from Conv/Gemm biases."""
 
+    config = {"data_free": Option(bool, False, "E[x] from BatchNorm statistics instead of data"),
+              "bias_correction_batches": Option(int, None, "measure E[x] on at most this many batches (default all)"),
+              "bn_sigmas": Option(float, 6.0, "data-free activation range beta +- k gamma, this k"),
+              "input_stats": Option(dict, None, '{input or "*": {mean, std, range}} for data-free statistics'),}
+
     def run(self, ir, ctx) -> bool:
-        opt = lambda k, d=None: self.options.get(k, ctx.option(k, d))  # noqa: E731
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        cfg = self.settings(ctx)
+        plan = require_plan(ir, self.name)
         inputs = weighted_inputs(ir, plan)
-        data_free = bool(opt("data_free", False)) or ctx.calib is None
-        limit = opt("bias_correction_batches")
+        data_free = cfg.data_free or ctx.calib is None
+        limit = cfg.bias_correction_batches
         measured = ir.ann.notes.pop("input_means", None)  # calibrate's by-product, same batches
         if data_free:
             from qcompiler.calib.bn_moments import data_free_stats
 
-            stats, _ = data_free_stats(ir, k=float(opt("bn_sigmas", 6.0)), input_stats=opt("input_stats"))
+            stats, _ = data_free_stats(ir, k=cfg.bn_sigmas, input_stats=cfg.input_stats)
             expected = {n: stats[n].mean for n in inputs if n in stats}
             source = "bn-statistics"
         elif measured is not None and not limit:
@@ -44,7 +50,7 @@ class BiasCorrection(Pass):
         else:
             batches = ctx.calib()
             if limit:
-                batches = itertools.islice(batches, int(limit))
+                batches = itertools.islice(batches, limit)
             expected = measure_input_means(ir, inputs, batches)
             source = "calibration"
         rep = correct_biases(ir, expected)

@@ -2,8 +2,8 @@
 observed ranges into quantization parameters.
 
 The session's outputs are the observed tensors (under min/max, only those whose range
-does not follow from another's: qcompiler.quant.derived) and, when bias-correction runs
-later, the weighted kernels' inputs, whose means it accumulates. A graph input's range is
+does not follow from another's: qcompiler.quant.derived) and, when a later pass wants
+"input-means" (bias-correction), the weighted kernels' inputs, whose means it accumulates. A graph input's range is
 widened by a few steps where that takes its grid off the data's lattice (input_grid.py).
 Each batch goes into the observers and is dropped, so memory stays flat in the number of
 samples. Weights get per-channel (or per-tensor) parameters from their values, as the
@@ -18,11 +18,12 @@ import numpy as np
 
 from qcompiler.rounding.bias_correction import InputMeans, weighted_inputs
 from qcompiler.errors import CalibrationError
+from qcompiler.pipeline.options import METHOD_OPTION, PROGRESS_OPTION, Option
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.derived import affine_source, derivations, derived_ranges
 from qcompiler.quant.input_grid import ValueSample, widened_range
 from qcompiler.quant.observers import make_observer
-from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams
+from qcompiler.quant.plan import group_qparams, require_plan, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
 
 # Ops whose output range the op itself bounds: a gate or a probability near its bound is
@@ -32,22 +33,27 @@ from qcompiler.quant.session import observe_session
 BOUNDED_OPS = ("Sigmoid", "HardSigmoid", "Softmax", "Tanh")
 
 
-@register_pass("calibrate", requires={"observed"}, provides={"calibrated"})
+@register_pass("calibrate", requires={"observed"}, provides={"calibrated"}, offers={"input-means"})
 class Calibrate(Pass):
     """Run calibration data through ONNX Runtime and compute scales and zero points."""
 
+    config = {"calib_method": METHOD_OPTION,
+              "percentile": Option(float, 99.99, "the percentile of the percentile method"),
+              "progress": PROGRESS_OPTION}
+
     def run(self, ir, ctx) -> bool:
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        plan = require_plan(ir, self.name)
         rep = ctx.pass_report(self.name)
-        method = ctx.option("calib_method") or ctx.target.calibration
-        opts = {"percentile": ctx.option("percentile", 99.99)} if method == "percentile" else {}
+        cfg = self.settings(ctx)
+        method = cfg.calib_method or ctx.target.calibration
+        opts = {"percentile": cfg.percentile} if method == "percentile" else {}
         act = to_quant_scheme(ctx.target.scheme("activation"))
         t0 = time.perf_counter()
         ranges = {}
         if plan.tensors:
             full = _full_range_tensors(ir, plan.tensors) if method not in ("minmax", "moving_average") else set()
             # per-tensor methods (transformer-placement: mse on MatMul inputs) unless the user chose one
-            per_tensor = {} if ctx.option("calib_method") else dict(ir.ann.notes.get("calib_methods") or {})
+            per_tensor = {} if cfg.calib_method else dict(ir.ann.notes.get("calib_methods") or {})
             derived = derivations(ir, plan.tensors) if method == "minmax" else {}
             derived = {n: d for n, d in derived.items() if n not in per_tensor}
             means, affine = _means_for_bias_correction(ir, ctx, plan, derived)
@@ -64,7 +70,7 @@ class Calibrate(Pass):
             fetched = observed + [n for n in means if n not in observers]
             samples = {t.name: ValueSample() for t in ir.graph.inputs if t.name in observers}
             feeds = {n: _Fanout(*[d[n] for d in (observers, means, samples) if n in d]) for n in fetched}
-            batches = observe_session(ir, fetched, source(), feeds, progress=ctx.option("progress", False))
+            batches = observe_session(ir, fetched, source(), feeds, progress=cfg.progress)
             if means:
                 measured = {n: m.result() for n, m in means.items() if m.result() is not None}
                 measured.update({n: a * measured[root] + b for n, (root, a, b) in affine.items() if root in measured})
@@ -98,11 +104,11 @@ class Calibrate(Pass):
 
 
 def _means_for_bias_correction(ir, ctx, plan, derived):
-    """E[x] accumulators for the weighted kernels' inputs when bias-correction runs later in
-    this pipeline (the same batches through the same float model: this run measures them and
-    bias-correction needs no second pass over the data), and the inputs whose mean follows
-    from another tensor's, as (root, a, b) with E[x] = a E[root] + b."""
-    if "bias-correction" not in (ctx.report.get("pipeline") or ()):
+    """E[x] accumulators for the weighted kernels' inputs when a later pass wants
+    "input-means" (bias-correction: the same batches through the same float model, so this
+    run measures them and it needs no second pass over the data), and the inputs whose mean
+    follows from another tensor's, as (root, a, b) with E[x] = a E[root] + b."""
+    if "input-means" not in ctx.wanted_later:
         return {}, {}
     means, affine = {}, {}
     for name in weighted_inputs(ir, plan):

@@ -16,21 +16,25 @@ from __future__ import annotations
 from qcompiler.quant.layers import apply_ranges
 from qcompiler.calib.bn_moments import data_free_stats
 from qcompiler.errors import PipelineError
+from qcompiler.pipeline.options import Option
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import require_plan
 
 
 @register_pass("calibrate-data-free", requires={"observed"}, provides={"calibrated"})
 class CalibrateDataFree(Pass):
     """Activation ranges from BatchNorm statistics propagated through the graph (no calibration data)."""
 
+    config = {"bn_sigmas": Option(float, 6.0, "data-free activation range beta +- k gamma, this k"),
+              "input_stats": Option(dict, None, '{input or "*": {mean, std, range}} for data-free statistics'),}
+
     def run(self, ir, ctx) -> bool:
-        opt = lambda k, d=None: self.options.get(k, ctx.option(k, d))  # noqa: E731
+        cfg = self.settings(ctx)
         if ctx.target is None:
             raise PipelineError("pass 'calibrate-data-free' needs a target", "pass --target")
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
-        k = float(opt("bn_sigmas", 6.0))
-        stats, fallback = data_free_stats(ir, k=k, input_stats=opt("input_stats"))
+        plan = require_plan(ir, self.name)
+        k = cfg.bn_sigmas
+        stats, fallback = data_free_stats(ir, k=k, input_stats=cfg.input_stats)
         ranges, missing = {}, []
         for name in plan.tensors:
             s = stats.get(name)

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 from qcompiler.errors import ModelError
 from qcompiler.ir import io as qio
 from qcompiler.ir.io import FileValues, ir_skeleton, ir_to_model, model_size, model_to_ir
+from qcompiler.pipeline.options import Option
 from qcompiler.pipeline.registry import Pass, register_pass
 
 TARGET_OPSET = 13
@@ -24,9 +25,11 @@ NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}  # 
 class Canonicalize(Pass):
     """Upgrade to opset >= 13, infer shapes, fold constants, drop Identity/Dropout, Constant nodes to initializers."""
 
+    config = {"min_opset": Option(int, TARGET_OPSET, "upgrade the model to at least this opset")}
+
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
-        min_opset = max(int(ctx.option("min_opset", TARGET_OPSET)), _target_opset(ctx.target))
+        min_opset = max(self.settings(ctx).min_opset, _target_opset(ctx.target))
         changed = False
         before = ir.opset
         # Opset upgrade and shape inference see the model without its weight data (a few KB

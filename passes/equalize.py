@@ -16,6 +16,7 @@ Options (build options):
 from __future__ import annotations
 
 from qcompiler.rounding.equalization import equalize
+from qcompiler.pipeline.options import Option
 from qcompiler.pipeline.registry import Pass, register_pass
 
 
@@ -23,11 +24,17 @@ from qcompiler.pipeline.registry import Pass, register_pass
 class Equalize(Pass):
     """Cross-layer equalization of Conv/Gemm pairs through Relu-like ops (FP32 outputs unchanged)."""
 
+    config = {"equalize_iterations": Option(int, 100, "sweeps over all pairs at most"),
+              "equalize_tol": Option(float, 1e-4, "stop when no scale moves more than this (log space)"),
+              "absorb_bias": Option(bool, None, "high-bias absorption (default: on when data_free)"),
+              "absorb_sigmas": Option(float, 3.0, "absorb max(0, beta - k gamma) with this k"),
+              "data_free": Option(bool, False, "a data-free build (turns absorb_bias on)")}
+
     def run(self, ir, ctx) -> bool:
-        opt = lambda k, d: self.options.get(k, ctx.option(k, d))  # noqa: E731
-        res = equalize(ir, max_iter=int(opt("equalize_iterations", 100)), tol=float(opt("equalize_tol", 1e-4)),
-                       absorb_bias=bool(opt("absorb_bias", bool(ctx.option("data_free", False)))),
-                       absorb_sigmas=float(opt("absorb_sigmas", 3.0)))
+        cfg = self.settings(ctx)
+        absorb = cfg.absorb_bias if cfg.absorb_bias is not None else cfg.data_free
+        res = equalize(ir, max_iter=cfg.equalize_iterations, tol=cfg.equalize_tol, absorb_bias=absorb,
+                       absorb_sigmas=cfg.absorb_sigmas)
         ctx.pass_report(self.name).update(res.to_json())
         ir.ann.notes["equalize"] = res.to_json()
         return bool(res.changed)

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from qcompiler.pipeline.options import EMIT_OPTION
 from qcompiler.pipeline.registry import Pass, register_pass
 
 
@@ -40,6 +41,8 @@ def same_params(a, b) -> bool:
 class FoldRequant(Pass):
     """Remove DQ->Q pairs with equal parameters; count the requantizations that remain."""
 
+    config = {"emit": EMIT_OPTION}
+
     def run(self, ir, ctx) -> bool:
         removed = requants = 0
         for q in [n for n in ir.graph.nodes if n.op == "QuantizeLinear"]:
@@ -58,7 +61,7 @@ class FoldRequant(Pass):
         scalar_muls = sum(_fold_scalar_mul(ir, mul) for mul in [n for n in ir.graph.nodes if n.op == "Mul"])
         rep = ctx.pass_report(self.name)
         rep.update(identity_pairs_removed=removed, requantizations=requants, scalar_muls_folded=scalar_muls)
-        if ctx.option("emit") == "qop":
+        if self.settings(ctx).emit == "qop":
             from qcompiler.formats.qop import lower_to_qop
 
             rep["qop"] = lower_to_qop(ir)

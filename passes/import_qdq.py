@@ -28,7 +28,6 @@ not fit the target is an error instead of a warning).
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Dict, List, Set
 
 import numpy as np
@@ -36,8 +35,10 @@ import numpy as np
 from qcompiler.precision.dtypes import allowed_dtypes, store_weight_codes, weight_qparams
 from qcompiler.formats.qdq_import import detect_form, strip_qdq
 from qcompiler.errors import ModelError, PipelineError
+from qcompiler.pipeline.options import KEEP_FLOAT_OPTION, Option
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import WEIGHTED, Kernel, Plan, group_qparams, tensors_in_order, to_quant_scheme, weight_axis
+from qcompiler.quant.kernels import find_kernels, keep_float_nodes, make_plan
+from qcompiler.quant.plan import WEIGHTED, Kernel, group_qparams, to_quant_scheme, weight_axis
 from qcompiler.quant.qparams import QParams, compute_qparams
 from qcompiler.quant.scheme import QuantScheme
 
@@ -45,6 +46,9 @@ from qcompiler.quant.scheme import QuantScheme
 @register_pass("import-qdq", requires={"canonical"}, provides={"observed", "calibrated", "imported"})
 class ImportQDQ(Pass):
     """Import a Q/DQ model's scales and integer weights, check and re-target them (no calibration)."""
+
+    config = {"keep_float": KEEP_FLOAT_OPTION,
+              "import_strict": Option(bool, False, "a parameter that does not fit the target is an error")}
 
     def run(self, ir, ctx) -> bool:
         target = ctx.target
@@ -58,9 +62,10 @@ class ImportQDQ(Pass):
             raise ModelError(form.message, "see docs/advanced.md, 'Pre-quantized models'")
         imp = strip_qdq(ir)
         clamps = _explicit_clamps(ir, target, imp)
-        strict = bool(ctx.option("import_strict", False))
+        cfg = self.settings(ctx)
+        strict = cfg.import_strict
         notes: List[str] = list(imp.warnings)
-        kernels, reasons = _kernels(ir, target, imp, ctx.option("keep_float", ()))
+        kernels, reasons = _kernels(ir, target, imp, cfg.keep_float)
         needed = _needed(ir, target, kernels, imp)
         quantized = set().union(*needed.values()) if needed else set()
         quantized |= _passthrough(ir, target, quantized, imp)
@@ -74,17 +79,8 @@ class ImportQDQ(Pass):
             ctx.log.warning("import-qdq: %s", n)
         ir.ann.qparams.update(act_qp)
         ir.ann.notes["ranges"] = ranges
-        plan = Plan(kernels=kernels, tensors=tensors_in_order(ir, quantized))
-        in_kernel = {n for k in kernels for n in k.nodes}
-        pt = {n.name for n in ir.graph.nodes if target.is_passthrough(n.op) and n.inputs and n.outputs
-              and n.inputs[0].name in quantized and n.outputs[0].name in quantized}
-        for node in ir.graph.nodes:
-            if node.name in in_kernel or node.name in pt:
-                continue
-            reason = reasons.get(node.name) or _default_reason(node, target)
-            plan.float_reasons[node.name] = reason
-            ir.ann.float_reasons[node.name] = reason
-        ir.ann.notes["quant_plan"] = plan.to_json()
+        plan = make_plan(ir, target, kernels, quantized, reasons)
+        ir.ann.plan = plan
         summary = {"activation_pairs": imp.pairs, "relu_made_explicit": clamps, "activations": len(imp.activations), "weights": len(imp.weights),
                    "biases": len(imp.biases), "kernels": len(kernels), "weights_kept_exactly": kept_w,
                    "quantized_tensors": len(plan.tensors), "warnings": notes}
@@ -132,20 +128,8 @@ def _clip_min(ir, node) -> float:
     return -np.inf
 
 
-def _default_reason(node, target) -> str:
-    if target.stays_float(node.op):
-        return f"{node.op} stays float on {target.name} (target file: float)"
-    if target.is_passthrough(node.op):
-        return f"{node.op} passes quantization through, but its input is not quantized"
-    return f"{node.op} is not legal on {target.name}"
-
-
 def _kernels(ir, target, imp, keep_float):
-    from qcompiler.passes.insert_observers import find_kernels
-
-    keep = {n.name for n in ir.graph.nodes
-            if any(n.name == p or fnmatch.fnmatchcase(n.name, p) for p in (keep_float or ()))}
-    found, reasons = find_kernels(ir, target, keep)
+    found, reasons = find_kernels(ir, target, keep_float_nodes(ir, keep_float))
     kernels = []
     for k in found:
         if k.weight is not None and k.weight not in imp.weights:

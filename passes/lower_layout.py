@@ -20,12 +20,15 @@ NCHW; only `--emit program` refuses such models.
 
 from __future__ import annotations
 
+from qcompiler.pipeline.options import EMIT_OPTION
 from qcompiler.pipeline.registry import Pass, register_pass
 
 
 @register_pass("lower-layout", requires={"qdq-placed"}, provides={"lowered"})
 class LowerLayout(Pass):
     """Plan target layouts for the integer kernels (a reason per conv); the program export follows it."""
+
+    config = {"emit": EMIT_OPTION}
 
     def run(self, ir, ctx) -> bool:
         from qcompiler.errors import QCompilerError
@@ -36,7 +39,7 @@ class LowerLayout(Pass):
         except QCompilerError as e:
             ir.ann.notes.pop("layout_plan", None)
             ctx.pass_report(self.name).update(planned=False, reason=str(e))
-            if ctx.option("emit", "qdq") != "qop":  # a QOperator graph has no layouts to plan
+            if self.settings(ctx).emit != "qop":  # a QOperator graph has no layouts to plan
                 ctx.log.warning("lower-layout: no layout plan (%s); the QDQ model is unaffected, "
                                 "--emit program would refuse this model", e)
             return False

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import Plan, is_float, to_quant_scheme
-from qcompiler.precision.dtypes import apply_precision, weight_codes
+from qcompiler.quant.plan import Plan, is_float, require_plan, to_quant_scheme
+from qcompiler.precision.dtypes import PRECISION_OPTIONS, apply_precision, weight_codes
 from qcompiler.quant.qparams import QParams, compute_qparams, quantize
 
 
@@ -26,10 +26,12 @@ from qcompiler.quant.qparams import QParams, compute_qparams, quantize
 class PlaceQDQ(Pass):
     """Insert Q/DQ pairs on quantized activations and quantize weights and biases."""
 
+    config = dict(PRECISION_OPTIONS)
+
     def run(self, ir, ctx) -> bool:
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        plan = require_plan(ir, self.name)
         target = ctx.target
-        apply_precision(ir, ctx, plan)  # int4 weights / int16 activations where asked and allowed
+        apply_precision(ir, ctx, plan, options=self.settings(ctx))  # int4 weights / int16 activations where asked and allowed
         rounding = "half_to_even"  # ONNX QuantizeLinear semantics; lowering applies the target's own
         per_consumer = bool(target.placement.qdq_per_consumer)
         tensors = ir.tensors()

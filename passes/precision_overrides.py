@@ -9,8 +9,9 @@ the override loader sets min_opset 21. Runs after calibration, before place-qdq.
 
 from __future__ import annotations
 
+from qcompiler.pipeline.options import Option
 from qcompiler.pipeline.registry import Pass, register_pass
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import require_plan
 from qcompiler.quant.qparams import compute_qparams
 from qcompiler.quant.scheme import QuantScheme
 
@@ -19,11 +20,13 @@ from qcompiler.quant.scheme import QuantScheme
 class PrecisionOverrides(Pass):
     """Give the activations of override-selected layers int16 quantization parameters."""
 
+    config = {"int16_layers": Option(list, (), "node names whose kernels get int16 activations (--overrides)")}
+
     def run(self, ir, ctx) -> bool:
-        names = set(ctx.option("int16_layers", ()) or ())
+        names = set(self.settings(ctx).int16_layers)
         if not names:
             return False
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        plan = require_plan(ir, self.name)
         ranges = ir.ann.notes.get("ranges", {})
         scheme = QuantScheme("int16", symmetric=True)
         tensors = set()

@@ -28,6 +28,7 @@ import fnmatch
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from qcompiler.pipeline.options import KEEP_FLOAT_OPTION, Option
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.plan import Kernel, Plan
 from qcompiler.quant.qparams import compute_qparams, quantize
@@ -40,15 +41,20 @@ MS_DOMAIN = "com.microsoft"
 class QuantizeDynamic(Pass):
     """Dynamic quantization: int8 MatMul/Gemm (and LSTM) weights, activations quantized at run time."""
 
+    config = {"keep_float": KEEP_FLOAT_OPTION,
+              "per_channel": Option(bool, True, "per-channel weight scales where the target has them"),
+              "dynamic_min_elements": Option(int, 0, "weights with fewer elements stay float")}
+
     def run(self, ir, ctx) -> bool:
-        per_channel = bool(ctx.option("per_channel", True))
+        cfg = self.settings(ctx)
+        per_channel = cfg.per_channel
         narrow = True
         if ctx.target is not None:
             ts = ctx.target.scheme("weight", "MatMul")
             per_channel = per_channel and ts.per_channel
             narrow = bool(ts.narrow) if ts.dtype == "int8" else True
-        keep = ctx.option("keep_float", ()) or ()
-        min_elems = int(ctx.option("dynamic_min_elements", 0))
+        keep = cfg.keep_float
+        min_elems = cfg.dynamic_min_elements
         kernels, reasons = [], {}
         counts = {"MatMul": 0, "Gemm": 0, "LSTM": 0}
         shared = {}  # activation name -> its DynamicQuantizeLinear outputs (one per tensor)
@@ -85,7 +91,7 @@ class QuantizeDynamic(Pass):
             if node.name not in reasons and node.op not in ("DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul",
                                                             "Add", "DynamicQuantizeLSTM"):
                 reasons.setdefault(node.name, f"dynamic mode quantizes MatMul, Gemm and LSTM; {node.op} stays float")
-        ir.ann.notes["quant_plan"] = Plan(kernels=kernels, tensors=[], float_reasons=reasons).to_json()
+        ir.ann.plan = Plan(kernels=kernels, tensors=[], float_reasons=reasons)
         ir.ann.notes["quant_mode"] = "dynamic"
         rep = ctx.pass_report(self.name)
         rep.update(per_channel=per_channel, **{k.lower(): v for k, v in counts.items()},

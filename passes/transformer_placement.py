@@ -16,6 +16,7 @@ A model without attention (every CNN) is left exactly as it was.
 
 from __future__ import annotations
 
+from qcompiler.pipeline.options import METHOD_OPTION
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.transformer import attention_softmaxes, elementwise_float, matmul_inputs
 
@@ -23,6 +24,8 @@ from qcompiler.quant.transformer import attention_softmaxes, elementwise_float, 
 @register_pass("transformer-placement", requires={"canonical"}, provides={"transformer-placed"})
 class TransformerPlacement(Pass):
     """Keep a transformer's elementwise ops and MatMul outputs float, MatMul inputs by mse."""
+
+    config = {"calib_method": METHOD_OPTION}
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
@@ -36,7 +39,7 @@ class TransformerPlacement(Pass):
             table.setdefault(name, why)  # the attention-mask pass's reason is the more specific
         if ctx.target is not None and ctx.target.placement.matmul_float_output:
             ir.ann.notes["float_outputs"] = sorted(n.name for n in ir.graph.nodes if n.op in ("MatMul", "Gemm"))
-        if not ctx.option("calib_method"):
+        if not self.settings(ctx).calib_method:
             ir.ann.notes["calib_methods"] = {name: "mse" for name in matmul_inputs(ir)}
         rep.update(float_elementwise=len(forced), mse_tensors=len(ir.ann.notes.get("calib_methods", {})),
                    float_outputs=bool(ir.ann.notes.get("float_outputs")))

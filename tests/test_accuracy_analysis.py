@@ -100,7 +100,7 @@ def test_bitops_totals_are_sums(sabotaged):
     assert fp["total_bitops"] == fp["fp32_bitops"] and fp["int8_mac_share"] == 0
     assert rep["size"]["parameter_bytes"] < fp["size"]["parameter_bytes"] / 2
     # the exported model gives the same numbers as the IR
-    assert bitops_report(r.model, r.ir.ann.notes["quant_plan"], data[0])["total_bitops"] == rep["total_bitops"]
+    assert bitops_report(r.model, r.ir.ann.plan, data[0])["total_bitops"] == rep["total_bitops"]
 
 
 def test_overrides_and_hooks(sabotaged, tmp_path):

@@ -86,16 +86,16 @@ def test_no_qdq_inside_fused_regions(net, batches):
 
 def test_cuda_does_not_quantize_weighted_outputs(net, batches):
     r = _build(net, batches, "cuda")
-    plan = r.ir.ann.notes["quant_plan"]
-    tensors = set(plan["tensors"])
+    plan = r.ir.ann.plan
+    tensors = set(plan.tensors)
     consumers = Counter()
     for node in r.ir.graph.nodes:
         for t in node.inputs:
             consumers[t.name] += 1
-    weighted_outputs = [k["output"] for k in plan["kernels"] if k["op"] in ("Conv", "Gemm", "MatMul")]
+    weighted_outputs = [k.output for k in plan.kernels if k.op in ("Conv", "Gemm", "MatMul")]
     # a weighted kernel's output is quantized only when some other kernel reads it (TensorRT's rule);
     # the final Gemm's output (a graph output) is never quantized on cuda
-    x86 = set(_build(net, batches, "x86").ir.ann.notes["quant_plan"]["tensors"])
+    x86 = set(_build(net, batches, "x86").ir.ann.plan.tensors)
     assert net.graph.output[0].name in x86
     assert net.graph.output[0].name not in tensors
     assert len([t for t in weighted_outputs if t in tensors]) < len(weighted_outputs)

@@ -239,10 +239,10 @@ def _is_quantized(name: str, producers) -> bool:
 def _bits_from_ir(ir, plan, node_name: str, index: int) -> Optional[int]:
     from qcompiler.quant.scheme import dtype_bits
 
-    for k in plan.get("kernels", []):
-        if node_name not in k["nodes"]:
+    for k in (plan.kernels if plan is not None else ()):
+        if node_name not in k.nodes:
             continue
-        tname = k["weight"] if index == 1 else (k["inputs"][0] if k["inputs"] else None)
+        tname = k.weight if index == 1 else (k.inputs[0] if k.inputs else None)
         qp = ir.ann.qparams.get(tname) if tname else None
         return dtype_bits(qp.dtype) if qp is not None else None
     return 32  # not in a kernel: float
@@ -277,14 +277,14 @@ def _serialized_bytes(model: onnx.ModelProto) -> int:
     return model_size(model)  # ByteSize() serializes the whole model, and fails over 2 GB
 
 
-def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None,
+def bitops_report(ir_or_model, plan=None, feeds=None,
                   model: Optional[onnx.ModelProto] = None) -> Dict:
     """Per-layer MACs x activation bits x weight bits, totals and model size.
 
     `ir_or_model`: an IR (after place-qdq, or before it with calibrated QParams) or an
-    exported ONNX model; `plan`: the quant plan (ir.ann.notes["quant_plan"]; optional, it
-    names the kernel of each layer); `feeds`: one input batch (its shapes resolve dynamic
-    dimensions); `model`: the IR already exported (saves exporting it again)."""
+    exported ONNX model; `plan`: the quantization plan (default the IR's `ir.ann.plan`;
+    optional, it names the kernel of each layer); `feeds`: one input batch (its shapes
+    resolve dynamic dimensions); `model`: the IR already exported (saves exporting it again)."""
     ir = None
     if isinstance(ir_or_model, onnx.ModelProto):
         model = ir_or_model
@@ -294,13 +294,12 @@ def bitops_report(ir_or_model, plan: Optional[dict] = None, feeds=None,
         ir = ir_or_model
         model = model if model is not None else ir_to_model(ir)
         if plan is None:
-            plan = ir.ann.notes.get("quant_plan")
-    plan = plan or {}
+            plan = ir.ann.plan
     macs = mac_counts(model, feeds)
     types = _elem_types(model)
     producers = {o: n for n in model.graph.node for o in n.output}
     pre_qdq = ir is not None and not any(n.op_type == "DequantizeLinear" for n in model.graph.node)
-    kernel_of = {n: k["name"] for k in plan.get("kernels", []) for n in k["nodes"]}
+    kernel_of = {n: k.name for k in (plan.kernels if plan is not None else ()) for n in k.nodes}
     layers = []
     for node in model.graph.node:
         if node.op_type not in MAC_OPS or node.name not in macs:

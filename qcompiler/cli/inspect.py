@@ -15,14 +15,20 @@ def register(group) -> None:
     # ---------------------------------------------------------------------------------- passes
     @group.command("passes")
     def passes_cmd():
-        """List the registered passes with what they require and provide."""
+        """List the registered passes with what they require and provide, and their options."""
         from qcompiler.pipeline import all_passes
 
         for name, cls in all_passes().items():
             req = ",".join(sorted(cls.requires)) or "-"
             prov = ",".join(sorted(cls.provides)) or "-"
             click.echo(f"{name:<22} {cls.description}")
-            click.echo(f"{'':<22} requires: {req}   provides: {prov}")
+            line = f"{'':<22} requires: {req}   provides: {prov}"
+            for what, facts in (("wants", cls.wants), ("offers", cls.offers)):
+                if facts:
+                    line += f"   {what}: {','.join(sorted(facts))}"
+            click.echo(line)
+            for key, opt in (cls.config or {}).items():
+                click.echo(f"{'':<23}option {key}: {opt.describe()}  - {opt.help}")
 
 
     # ---------------------------------------------------------------------------------- inspect

@@ -154,7 +154,7 @@ def _run(model, tgt, names, add_passes, pass_options, calib, dump_dir, options, 
 
         exporter = program_exporter
     out = exporter(ir, ctx) if exporter else ir_to_model(ir)
-    if "quant_plan" in ir.ann.notes:
+    if ir.ann.plan is not None:
         _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part,
                       exported_ir=not exporter)
     return BuildResult(model=out, ir=ir, report=ctx.report, target=tgt, calib=calib,
@@ -203,11 +203,11 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
                   exported_ir: bool) -> None:
     from qcompiler.analysis import report as rpt
 
-    plan = ir.ann.notes["quant_plan"]
+    plan = ir.ann.plan
     r = ctx.report
-    r["quantization"] = {"kernels": len(plan["kernels"]), "float_nodes": len(plan["float_reasons"]),
-                         "quantized_tensors": len(plan["tensors"]), "qdq": rpt.qdq_counts(int8)}
-    r["float_reasons"] = dict(sorted(plan["float_reasons"].items()))
+    r["quantization"] = {"kernels": len(plan.kernels), "float_nodes": len(plan.float_reasons),
+                         "quantized_tensors": len(plan.tensors), "qdq": rpt.qdq_counts(int8)}
+    r["float_reasons"] = dict(sorted(plan.float_reasons.items()))
     r["size"] = {"before": model_size(fp32), "after": model_size(int8)}  # ByteSize() fails over 2 GB
     if eval_source is None or ctx.option("emit", "qdq") in ("program", "c"):
         return

@@ -143,7 +143,7 @@ def add_bitops(report: Dict, ir, feeds, model=None) -> None:
     the pipeline ran; `model`: the IR as exported, when it is)."""
     from qcompiler.analysis.bitops import bitops_report, mac_summary
 
-    plan = ir.ann.notes.get("quant_plan")
+    plan = ir.ann.plan
     if plan is None:
         return
     rep = bitops_report(ir, plan, feeds, model=model)

@@ -1,15 +1,22 @@
 """Quantization annotations kept beside the graph: per-tensor specs and parameters,
-scale groups (union-find) and fused regions.
+scale groups (union-find), fused regions and the quantization plan.
 
 The IR stores these by tensor / node name; renames through the IR gateway keep them
 attached. The value types (QuantSpec, QParams) live in qcompiler.quant; the IR only
 stores and prints them, so it does not depend on the quantization math.
+
+The plan (`qcompiler.quant.plan.Plan`) is the planning pass's record by name: it is not
+renamed with the graph (place-qdq moves a graph output's name onto its DequantizeLinear,
+and the report still names the kernel's tensor as planned).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Hashable, Iterable, List
+from typing import TYPE_CHECKING, Any, Dict, Hashable, Iterable, List, Optional
+
+if TYPE_CHECKING:  # the IR stores the plan; it never imports the quantization package
+    from qcompiler.quant.plan import Plan
 
 
 class UnionFind:
@@ -113,6 +120,7 @@ class Annotations:
     regions: Dict[str, FusedRegion] = field(default_factory=dict)
     float_reasons: Dict[str, str] = field(default_factory=dict)  # node name -> why float
     layout: Dict[str, str] = field(default_factory=dict)  # node name -> layout decision
+    plan: Optional["Plan"] = None  # kernels, quantized tensors, float reasons (insert-observers, import-qdq)
     notes: Dict[str, Any] = field(default_factory=dict)  # free-form per-pass results
 
     def region_of(self, node_name: str) -> FusedRegion | None:

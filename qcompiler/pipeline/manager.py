@@ -10,9 +10,9 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
-from ..errors import PassError, PipelineError, QCompilerError
+from ..errors import PassError, PipelineError, QCompilerError, UsageError
 from .registry import Pass, get_pass
 
 log = logging.getLogger("qcompiler")
@@ -20,15 +20,19 @@ log = logging.getLogger("qcompiler")
 
 @dataclass
 class Context:
-    """What a pass may read besides the IR. Passes write results to `report`."""
+    """What a pass may read besides the IR. Passes write results to `report` (and never
+    read it to decide anything); a pass reads its options with `Pass.settings(ctx)`."""
 
     target: Any = None
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)  # build-wide options
     calib: Any = None  # a callable returning a fresh iterator of input batches, or None
     report: Dict[str, Any] = field(default_factory=dict)
     log: logging.Logger = log
+    # what the passes after the running one want (Pass.wants), set by the manager
+    wanted_later: FrozenSet[str] = frozenset()
 
     def option(self, key: str, default=None):
+        """A build-wide option (the driver's own: emit, evaluate...; passes use settings)."""
         return self.options.get(key, default)
 
     def pass_report(self, name: str) -> Dict[str, Any]:
@@ -83,7 +87,14 @@ def build_pipeline(names: Sequence[str], add: Sequence[str] = (), options: Optio
         for fact in cls.provides:
             provided.setdefault(fact, cls.name)
     opts = options or {}
-    return [cls(**opts.get(cls.name, {})) for cls in classes]
+    stray = sorted(set(opts) - set(order))
+    if stray:
+        raise UsageError(f"pass options are given for '{stray[0]}', which is not in the pipeline",
+                         "pipeline: " + ", ".join(order))
+    passes = [cls(**opts.get(cls.name, {})) for cls in classes]
+    for p in passes:
+        p.settings(None)  # unknown options and wrong types of the pass's own options
+    return passes
 
 
 def _providers_of(fact: str):
@@ -100,9 +111,12 @@ class PassManager:
         self.timings: List[Dict[str, Any]] = []
 
     def run(self, ir, ctx: Context):
+        for p in self.pipeline:  # every option checked before the first pass runs
+            p.settings(ctx)
         for inst in self.instruments:
             inst.start(ir, self.pipeline)
         for index, p in enumerate(self.pipeline, 1):
+            ctx.wanted_later = frozenset().union(*(later.wants for later in self.pipeline[index:]))
             snapshot = _snapshot(ir) if self.keep_going else None
             t0 = time.perf_counter()
             try:

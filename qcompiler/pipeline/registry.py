@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, FrozenSet, Iterable, Optional, Type
 
 from ..errors import PipelineError, QCompilerError
+from .options import Option, Settings, resolve
 
 _REGISTRY: Dict[str, Type["Pass"]] = {}
 _BUILTINS_LOADED = False
@@ -27,15 +28,28 @@ class Pass:
     Subclasses set `name`, `requires` and `provides` (through @register_pass) and
     implement `run(ir, ctx) -> bool` (whether anything changed). A pass edits the IR only
     through its gateway and never cleans up or sorts: the manager does that after it.
+
+    `config` declares the pass's options (qcompiler.pipeline.options); `self.settings(ctx)`
+    gives their typed values. `wants` names facts the pass uses when an earlier pass
+    `offers` them (made only on demand: calibrate measures input means in its own run
+    when bias-correction comes later); unlike `requires`, a pass does without them.
     """
 
     name: str = ""
     description: str = ""
     requires: FrozenSet[str] = frozenset()
     provides: FrozenSet[str] = frozenset()
+    wants: FrozenSet[str] = frozenset()
+    offers: FrozenSet[str] = frozenset()
+    config: Optional[Dict[str, Option]] = None  # None: undeclared, options pass unchecked
 
     def __init__(self, **options):
-        self.options = options
+        self.options = options  # this pass's own options, as given (pass_options)
+
+    def settings(self, ctx) -> Settings:
+        """This pass's declared options, typed: its own options, else the build-wide ones
+        of the same name, else the declared defaults."""
+        return resolve(self.name, type(self).config, self.options, getattr(ctx, "options", None) or {})
 
     def run(self, ir, ctx) -> bool:  # pragma: no cover - interface
         raise NotImplementedError
@@ -45,7 +59,7 @@ class Pass:
 
 
 def register_pass(name: str, requires: Iterable[str] = (), provides: Iterable[str] = (),
-                  description: Optional[str] = None):
+                  description: Optional[str] = None, wants: Iterable[str] = (), offers: Iterable[str] = ()):
     """Class decorator: `@register_pass("fold-bn", requires={"canonical"}, provides={"bn-folded"})`."""
 
     def wrap(cls):
@@ -58,6 +72,8 @@ def register_pass(name: str, requires: Iterable[str] = (), provides: Iterable[st
         cls.name = name
         cls.requires = frozenset(requires)
         cls.provides = frozenset(provides)
+        cls.wants = frozenset(wants)
+        cls.offers = frozenset(offers)
         doc = (cls.__doc__ or "").strip().splitlines()
         cls.description = description or (doc[0] if doc else "")
         _REGISTRY[name] = cls
@@ -75,6 +91,9 @@ def load_builtin_passes() -> None:
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"qcompiler.passes.{info.name}")
+    for cls in _REGISTRY.values():  # a built-in pass that declares no options takes none
+        if cls.__module__.startswith("qcompiler.passes.") and cls.config is None:
+            cls.config = {}
     _BUILTINS_LOADED = True
 
 

@@ -46,7 +46,8 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 import numpy as np
 
 from qcompiler.errors import PipelineError, UsageError
-from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_axis
+from qcompiler.pipeline.options import Option
+from qcompiler.quant.plan import Plan, group_qparams, require_plan, to_quant_scheme, weight_axis
 from qcompiler.quant.qparams import QParams, compute_qparams, quantize
 from qcompiler.quant.scheme import DTYPES, QuantScheme
 
@@ -58,6 +59,14 @@ __all__ = ["EXTRA_DTYPES", "OPSET_FOR_DTYPE", "PrecisionRequest", "allowed_dtype
 EXTRA_DTYPES: Dict[str, Dict[str, Tuple[str, ...]]] = {
     "arm64": {"weight": ("int4",), "activation": ("int16",)},
     "cuda": {"weight": ("int4",), "activation": ("int16",)},
+}
+
+#: the options apply_precision reads, as the passes that call it declare them
+PRECISION_OPTIONS = {
+    "weight_dtype": Option(str, None, "every weighted kernel's weight dtype (int4, int8...)"),
+    "activation_dtype": Option(str, None, "every quantized activation's dtype (int16...)"),
+    "layer_dtypes": Option(object, None, "per-layer dtypes: {node or glob: {weight: int4, activation: int16}}"),
+    "weight_range": Option(str, None, "how int4/narrow weight scales are chosen: minmax or mse"),
 }
 
 #: the lowest ONNX opset whose QuantizeLinear/DequantizeLinear take the dtype
@@ -294,15 +303,17 @@ def _weight_scheme(ir, target, kernel, dtype: str) -> QuantScheme:
     return QuantScheme(dtype, base.symmetric, base.axis, base.narrow, base.reduce_range)
 
 
-def apply_precision(ir, ctx, plan: Optional[Plan] = None, weights_only: bool = False) -> Dict:
+def apply_precision(ir, ctx, plan: Optional[Plan] = None, weights_only: bool = False,
+                    options: Optional[dict] = None) -> Dict:
     """Re-derive QParams for the kernels the options move to other dtypes (see module doc).
+    `options`: the calling pass's settings (default: the build-wide options).
 
     Returns a summary (also in ctx.report["precision"]); an empty dict when nothing is asked.
     """
-    req = PrecisionRequest.from_options(ctx.options)
+    req = PrecisionRequest.from_options(ctx.options if options is None else options)
     if req.empty:
         return {}
-    plan = plan or Plan.from_json(ir.ann.notes["quant_plan"])
+    plan = plan or require_plan(ir, "apply_precision")
     target = ctx.target
     choices = kernel_dtypes(ir, plan, req, target)
     if not choices:

@@ -25,7 +25,7 @@ from qcompiler.errors import PipelineError
 from qcompiler.ir import ir_to_model, load_ir, read_model
 from qcompiler.pipeline import Context, PassManager
 from qcompiler.pipeline.registry import get_pass
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import require_plan
 
 from qcompiler.analysis.evaluate import Evaluator
 from qcompiler.ir.clone import clone_ir
@@ -86,7 +86,7 @@ class VariantBuilder:
         # the full plan and its calibration
         self._run(ir, ["insert-observers", cal])
         self.full_ir = ir
-        self.plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        self.plan = require_plan(ir, "mixed precision")
         self.ranges: Dict[str, tuple] = dict(ir.ann.notes.get("ranges", {}))
         self.evaluator = Evaluator(self.source, self.eval_data, fused=fused_eval, metric=metric)
         self.evaluations = 0
@@ -147,7 +147,7 @@ class VariantBuilder:
         ir = clone_ir(self.fp32_ir)
         prior = list(self.options.get("keep_float", ()) or ())
         self._run(ir, ["insert-observers"], {"keep_float": prior + keep})
-        plan = Plan.from_json(ir.ann.notes["quant_plan"])
+        plan = require_plan(ir, "mixed precision")
         missing = [t for t in plan.tensors if t not in self.ranges]
         if missing:
             self._missing_ranges(ir, missing)

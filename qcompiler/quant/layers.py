@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from qcompiler.quant.plan import Plan, group_qparams, to_quant_scheme, weight_qparams  # noqa: F401 (re-exported)
+from qcompiler.quant.plan import Plan, group_qparams, require_plan, to_quant_scheme, weight_qparams  # noqa: F401 (re-exported)
 
 
 def node_map(ir) -> Dict[str, object]:
@@ -23,7 +23,7 @@ def node_map(ir) -> Dict[str, object]:
 def apply_ranges(ir, target, ranges: Dict[str, Tuple[float, float]]) -> None:
     """Write activation ranges and the QParams they imply (scale groups respected), and
     the weights' QParams: what `calibrate` leaves behind, without running data."""
-    plan = Plan.from_json(ir.ann.notes["quant_plan"])
+    plan = require_plan(ir, "apply_ranges")
     act = to_quant_scheme(target.scheme("activation"))
     ranges = {k: (float(v[0]), float(v[1])) for k, v in ranges.items() if k in set(plan.tensors)}
     ir.ann.notes["ranges"] = ranges

@@ -2,8 +2,9 @@
 patterns), which tensors are quantized, which tensors share parameters, and why every
 other node stays float.
 
-insert-observers computes it; calibrate, unify-concat-scales and place-qdq read it from
-`ir.ann.notes["quant_plan"]`. Tensors to quantize carry a QuantSpec in `ir.ann.qspec`.
+insert-observers (or import-qdq, quantize-dynamic) computes it and stores the object in
+`ir.ann.plan`; calibrate, place-qdq and the tools after them read it there
+(`require_plan`). Tensors to quantize carry a QuantSpec in `ir.ann.qspec`.
 """
 
 from __future__ import annotations
@@ -42,12 +43,24 @@ class Plan:
     float_reasons: Dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """The plan as plain data (for a report or a file; passes share the object)."""
         return {"kernels": [asdict(k) for k in self.kernels], "tensors": list(self.tensors),
                 "float_reasons": dict(self.float_reasons)}
 
     @staticmethod
     def from_json(d: dict) -> "Plan":
         return Plan([Kernel(**k) for k in d["kernels"]], list(d["tensors"]), dict(d["float_reasons"]))
+
+
+def require_plan(ir, who: str) -> Plan:
+    """The IR's quantization plan, or a one-line error naming the pass that needs it."""
+    plan = ir.ann.plan
+    if plan is None:
+        from ..errors import PipelineError
+
+        raise PipelineError(f"'{who}' needs the quantization plan, and no earlier pass made one",
+                            "run insert-observers (or import-qdq, quantize-dynamic) before it")
+    return plan
 
 
 def to_quant_scheme(ts, axis: Optional[int] = None) -> QuantScheme:

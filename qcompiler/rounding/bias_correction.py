@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from qcompiler.quant.plan import Plan
+from qcompiler.quant.plan import Plan, require_plan
 from qcompiler.quant.qparams import QParams, fake_quant
 
 from qcompiler.quant.layers import Layer, bias_vector, channel_vector_shift, node_map, set_bias
@@ -191,12 +191,11 @@ def weight_error_shift(ir, node, qp, mu: np.ndarray, rounding: str = "half_to_ev
 def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to_even") -> Dict:
     """Subtract eps E[x] from every weighted kernel's bias; `expected` maps input tensor
     names to E[x] (a mean map [C, ...] or per-channel [C]). Returns a report."""
-    plan_json = ir.ann.notes["quant_plan"]
-    plan = Plan.from_json(plan_json)
+    plan = require_plan(ir, "bias correction")
     nodes = node_map(ir)
     tensors = ir.tensors()
     corrected, skipped = {}, {}
-    for ki, k in enumerate(plan.kernels):
+    for k in plan.kernels:
         if k.weight is None or k.weight not in ir.ann.qparams:
             continue
         node = nodes.get(k.nodes[0])
@@ -219,7 +218,7 @@ def correct_biases(ir, expected: Dict[str, np.ndarray], rounding: str = "half_to
         b = bias_vector(ir, node, cout)
         dtype = np.dtype(tensors[k.weight].dtype or np.float32)
         c = set_bias(ir, node, b - shift, dtype if dtype.kind == "f" else np.float32)
-        plan_json["kernels"][ki]["bias"] = c.name
+        k.bias = c.name  # the plan names the new bias tensor
         ref = float(np.sqrt(np.mean(b ** 2))) if b.size else 0.0
         corrected[k.name] = {"max_shift": float(np.max(np.abs(shift))), "bias_rms": ref}
     return {"corrected": len(corrected), "skipped": skipped, "layers": corrected}
