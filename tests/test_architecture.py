@@ -95,3 +95,13 @@ def test_only_the_cli_and_the_entry_points_import_the_cli(graph):
 def test_installed_package_never_imports_test_fixtures(graph):
     bad = [(a, b) for a, b in graph.edges if b.split(".")[0] in ("fixtures", "tests", "conftest")]
     assert not bad, bad
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject lists packages by hand (passes/ and targets/ are mapped): a new subpackage
+    missing there installs without its files."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {_module_name(p) for p in (ROOT / "qcompiler").rglob("__init__.py")} | {"qcompiler.passes"}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
