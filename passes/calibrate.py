@@ -3,8 +3,9 @@ observed ranges into quantization parameters.
 
 The session's outputs are the observed tensors (under min/max, only those whose range
 does not follow from another's: qcompiler.quant.derived) and, when a later pass wants
-"input-means" (bias-correction), the weighted kernels' inputs, whose means it accumulates. A graph input's range is
-widened by a few steps where that takes its grid off the data's lattice (input_grid.py).
+"input-means" (bias-correction), the weighted kernels' inputs, whose means it accumulates.
+A graph input's range is widened by a few steps where that takes its grid off the data's
+lattice (input_grid.py).
 Each batch goes into the observers and is dropped, so memory stays flat in the number of
 samples. Weights get per-channel (or per-tensor) parameters from their values, as the
 target says.

@@ -22,7 +22,7 @@ from qcompiler.pipeline.registry import Pass, register_pass
 class InsertObservers(Pass):
     """Plan integer kernels from the target's patterns and attach observers to the tensors they need quantized."""
 
-    config = {"keep_float": KEEP_FLOAT_OPTION,}
+    config = {"keep_float": KEEP_FLOAT_OPTION}
 
     def run(self, ir, ctx) -> bool:
         target = ctx.target
