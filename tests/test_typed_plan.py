@@ -131,9 +131,8 @@ def test_builtin_passes_declare_their_options():
     assert cal["percentile"].type is float and cal["percentile"].default == 99.99
     assert passes["insert-observers"].config["keep_float"].type is list
     assert passes["fold-bn"].config == {}  # declares none, takes none
-    # built-in passes only: other tests in this process register plugin passes
-    builtin = [n for n, cls in passes.items() if cls.__module__.startswith("qcompiler.passes.")]
-    assert len(builtin) >= 15 and all(passes[n].config is not None for n in builtin)
+    builtins = [c for c in passes.values() if c.__module__.startswith("qcompiler.passes.")]
+    assert len(builtins) >= 19 and all(c.config is not None for c in builtins)
 
 
 @pytest.mark.parametrize("pass_options, match", [
