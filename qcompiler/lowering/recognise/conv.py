@@ -9,8 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..geometry import same_pads
-from .state import Val, attrs_of
+from .state import Val, attrs_of, window_pads
 
 __all__ = ["lower_conv", "lower_gemm", "lower_matmul"]
 
@@ -29,16 +28,9 @@ def lower_conv(lw, node, ins, tail) -> bool:
     ic = icg * group
     strides = list(at.get("strides", [1, 1]))
     dil = list(at.get("dilations", [1, 1]))
-    auto = at.get("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        xs = lw.shape(node.input[0])
-        if xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[2:]):
-            return False
-        pads = same_pads(xs[2:], [kh, kw], strides, dil, auto)
-    elif auto == "VALID":
-        pads = [0, 0, 0, 0]
-    else:
-        pads = list(at.get("pads", [0, 0, 0, 0]))
+    pads = window_pads(lw, node, at, [kh, kw], strides, dil)
+    if pads is None:
+        return False
     s_x = np.float32(x.scale)
     s_w = np.broadcast_to(np.asarray(w.qscale, dtype=np.float32).reshape(-1), (oc,))
     fbias = ybias = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import same_pads
-from .state import attrs_of
+from .state import attrs_of, window_pads
 
 __all__ = ["lower_maxpool", "lower_avgpool", "lower_gap"]
 
@@ -18,16 +17,9 @@ def pool_attrs(lw, node, with_dil=True):
     kh, kw = at["kernel_shape"]
     strides = list(at.get("strides", [1, 1]))
     dil = list(at.get("dilations", [1, 1]))
-    auto = at.get("auto_pad", "NOTSET")
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        xs = lw.shape(node.input[0])
-        if xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[2:]):
-            return None
-        pads = same_pads(xs[2:], [kh, kw], strides, dil, auto)
-    elif auto == "VALID":
-        pads = [0, 0, 0, 0]
-    else:
-        pads = list(at.get("pads", [0, 0, 0, 0]))
+    pads = window_pads(lw, node, at, [kh, kw], strides, dil)
+    if pads is None:
+        return None
     out = {"kernel_shape": [kh, kw], "strides": strides, "pads": pads, "ceil_mode": int(at.get("ceil_mode", 0))}
     if with_dil:
         out["dilations"] = dil

@@ -21,6 +21,7 @@ from ...errors import ModelError
 from ...target import Target
 from ..conv_layout import ConvDecision
 from ..fixed_point import quantize_multiplier
+from ..geometry import same_pads
 from ..integers import dtype_range
 from ..layouts import PLAIN
 from ..program import DOMAIN, Kernel, Program, TensorInfo
@@ -67,6 +68,20 @@ def attrs_of(node: onnx.NodeProto) -> Dict[str, Any]:
             v = [x.decode("utf-8") if isinstance(x, bytes) else x for x in v]
         out[a.name] = v
     return out
+
+
+def window_pads(lw, node, at: Dict[str, Any], kernel, strides, dilations) -> Optional[List[int]]:
+    """A 2-D window op's pads from its attributes (auto_pad resolved); None when SAME padding
+    needs a spatial shape that is not known."""
+    auto = at.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        xs = lw.shape(node.input[0])
+        if xs is None or len(xs) != 4 or not all(isinstance(d, int) for d in xs[2:]):
+            return None
+        return same_pads(xs[2:], list(kernel), strides, dilations, auto)
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    return list(at.get("pads", [0, 0, 0, 0]))
 
 
 def q_of(v, scale, zp, dtype):
