@@ -8,11 +8,16 @@ Budget (one of):
 - `max_drop` without a metric: 1 - cosine(FP32, INT8 outputs) at most this.
 
 Search, from full INT8:
-1. rank the layers by sensitivity (qcompiler.analysis.sensitivity: the larger of a
-   layer's own error and the error keeping it float removes);
-2. greedy: keep the most sensitive layers float, one at a time, until the budget holds;
-3. prune: try to re-quantize each kept layer (least sensitive first) and keep it INT8
-   when the budget still holds.
+1. rank the layers: by default by their own quantization noise (one FP32 run, no variant
+   builds: qcompiler.analysis.sensitivity.local_ranking); or from a sensitivity analysis
+   (given, or `ranking="analysis"`: the larger of a layer's own error and the error
+   keeping it float removes, 2 x layers + 1 variant builds);
+2. the shortest prefix of the ranking whose layers, kept float, meet the budget:
+   galloping (1, 2, 4, ... layers) then bisection, about 2 log2(n) candidates;
+3. prune: re-quantize kept layers (least sensitive first) where the budget still holds,
+   in groups that split in halves when they fail, at most `prune_trials` candidates.
+A candidate whose SQNR on the first half of the batches is far below the budget is
+rejected without the second half; the result is always measured on every batch.
 Each candidate is built from one calibration (VariantBuilder) and evaluated on the same
 batches: the first calibration batches, or `eval_data` (for a task metric: labelled
 samples, separate from the calibration set). The ranking can come from an earlier
@@ -81,7 +86,7 @@ class Budget:
 #: the budget is rejected without the other half
 REJECT_MARGIN_DB = 3.0
 #: re-quantization trials of the prune step (after the prefix search), at most
-PRUNE_TRIALS = 12
+PRUNE_TRIALS = 32
 
 
 def _summary(res: Dict) -> Dict:
@@ -209,10 +214,10 @@ def mixed_precision(model, target, calib, min_sqnr: Optional[float] = None, max_
     n = smallest_prefix(len(ranked), prefix_ok)
     reached = n is not None
     kept = ranked[: n if reached else len(ranked)]
-    # 2. re-quantize what the budget allows: layers with the most MACs first (what a float
-    # layer costs), then the least sensitive
+    # 2. re-quantize what the budget allows, the least sensitive first (in groups); among
+    # equally sensitive layers the one with more MACs first (what a float layer costs)
     if reached and prune_trials != 0:
-        order = sorted(kept, key=lambda k: (-kmacs.get(k, 0), scores[k]["score"]))
+        order = sorted(kept, key=lambda k: (scores[k]["score"], -kmacs.get(k, 0)))
 
         def holds(trial: List[str]) -> bool:
             ok = budget.ok(evaluate(trial))
