@@ -564,7 +564,12 @@ def write_results(R: Dict, meta: Dict, out_dir: str) -> str:
     text = render(R, meta)
     with open(os.path.join(out_dir, stem + ".json"), "w") as f:
         json.dump(portable({"meta": meta, "results": R}), f, indent=1, default=str)
-    with open(os.path.join(out_dir, stem + ".md"), "w") as f:
+    md = os.path.join(out_dir, stem + ".md")
+    old = open(md).read() if os.path.exists(md) else ""
+    start, end = "<!-- bench_rec:start -->", "<!-- bench_rec:end -->"
+    if start in old and end in old:  # bench_rec.py's section of the same file: kept
+        text = text.rstrip("\n") + "\n\n" + old[old.index(start):old.index(end) + len(end)] + "\n"
+    with open(md, "w") as f:
         f.write(text)
     return text
 

@@ -105,9 +105,23 @@ class Evaluator:
         sess = ort_session(model, self.fused)
         return [sess.run(self.names, self._feeds(b)) for b in self.batches]
 
-    def error(self, model, outs=None) -> Dict:
-        outs = self.outputs(model) if outs is None else outs
+    def error(self, model, outs=None, early_reject=None) -> Dict:
+        """The error on every batch; with `early_reject(partial_result) -> bool` and no
+        task metric, the batches run one by one and the evaluation stops once the first
+        half (and any batch after it) says reject: the result then has `partial: True`."""
         acc = ErrorAccumulator(self.names)
+        if outs is None and early_reject is not None and self.metric is None and len(self.batches) > 1:
+            sess = ort_session(model, self.fused)
+            half = (len(self.batches) + 1) // 2
+            for i, (r, b) in enumerate(zip(self.refs, self.batches)):
+                acc.add(r, sess.run(self.names, self._feeds(b)))
+                if half <= i + 1 < len(self.batches):
+                    part = acc.result()
+                    if early_reject(part):
+                        part.update(partial=True, batches=i + 1)
+                        return part
+            return acc.result()
+        outs = self.outputs(model) if outs is None else outs
         for r, o in zip(self.refs, outs):
             acc.add(r, o)
         res = acc.result()

@@ -326,6 +326,114 @@ def analyze(model, target, calib, options: Optional[Dict] = None, eval_batches: 
     return result
 
 
+def _channel_gains(ir, node, t_name: str):
+    """For a Conv / MatMul / Gemm reading activation `t_name` with a constant weight: the
+    axis of the input channels in the activation, the axis of the output channels in the
+    node's output, and per input channel c the energy gain sum_o,k W[o, c, k]^2 (white
+    noise of variance v_c in channel c leaves v_c * gain_c in every output position)."""
+    if not node.inputs or node.inputs[0].name != t_name or len(node.inputs) < 2:
+        return None
+    w = ir.const_value(node.inputs[1])
+    if w is None or w.ndim < 2:
+        return None
+    w = np.asarray(w, np.float64)
+    if node.op == "Conv":
+        g = int(node.attrs.get("group", 1))
+        o, ig = w.shape[0], w.shape[1]
+        gains = np.square(w).reshape(g, o // g, ig, -1).sum(axis=(1, 3)).reshape(-1)
+        return 1, 1, gains
+    if node.op == "MatMul" and w.ndim == 2:
+        return -1, -1, np.square(w).sum(axis=1)
+    if node.op == "Gemm" and not int(node.attrs.get("transA", 0)):
+        wt = w.T if int(node.attrs.get("transB", 0)) else w
+        return -1, -1, np.square(wt).sum(axis=1)
+    return None
+
+
+def local_ranking(vb: VariantBuilder, layers: str = "all") -> Dict:
+    """A ranking without variant builds, for the mixed-precision search: each kernel's
+    quantization noise measured where it arises, one weighted layer on. One FP32 run over
+    the evaluation batches gives every quantized tensor x; its noise d = fake_quant(x) - x
+    (calibrated QParams) counts relative to the signal, |d|^2 / |x|^2, and, where a
+    Conv / MatMul / Gemm reads x, as that layer's output sees it: per input channel the
+    noise energy times the channel's weight energy, over the layer's output energy (an
+    outlier channel that the next layer divides back down makes the other channels'
+    noise count, which |d|^2 / |x|^2 hides). A weighted kernel adds |W_q - W|^2 / |W|^2.
+    A kernel's score is the sum over the tensors it quantizes (inputs, output) and its
+    weight: the noise an only-this-layer variant injects, before it propagates to the
+    outputs. It only orders the candidates: the search measures every candidate."""
+    from qcompiler.quant.qparams import fake_quant
+    from qcompiler.quant.session import session_with_outputs
+
+    t0 = time.perf_counter()
+    ir = vb.full_ir
+    fir = vb.fp32_ir
+    qps = ir.ann.qparams
+    quantized = set(vb.plan.tensors)
+    names = [t for t in vb.plan.tensors if t in qps]
+    ftensors = fir.tensors()
+    readers = {}  # tensor -> [(output name, in axis, out axis, gains)]
+    for t in names:
+        ft = ftensors.get(t)
+        for node in (list(ft.outputs) if ft is not None else []):
+            cg = _channel_gains(fir, node, t) if node.op in ("Conv", "MatMul", "Gemm") else None
+            if cg is not None and node.outputs:
+                readers.setdefault(t, []).append((node.outputs[0].name,) + cg)
+    extra = [r[0] for rs in readers.values() for r in rs if r[0] not in names]
+    fetch = names + list(dict.fromkeys(extra))
+    sig = dict.fromkeys(names, 0.0)
+    err = dict.fromkeys(names, 0.0)
+    prop_err: Dict[tuple, float] = {}
+    prop_sig: Dict[tuple, float] = {}
+    if names:
+        sess = session_with_outputs(fir, fetch)
+        inputs = {i.name for i in sess.get_inputs()}
+        for b in vb.eval_data:
+            vals = dict(zip(fetch, sess.run(fetch, {k: x for k, x in b.items() if k in inputs})))
+            for n in names:
+                v = np.asarray(vals[n], np.float32)
+                d = fake_quant(v, qps[n]).astype(np.float64) - v
+                sig[n] += float(np.sum(np.square(v, dtype=np.float64)))
+                err[n] += float(np.sum(d * d))
+                for out, ax_in, ax_out, gains in readers.get(n, ()):
+                    if d.ndim < 2 or d.shape[ax_in] != gains.size:
+                        continue
+                    e_c = np.moveaxis(d * d, ax_in, 0).reshape(gains.size, -1)
+                    v_c = e_c.sum(axis=1) / e_c.shape[1]  # noise variance per input channel
+                    y = np.asarray(vals[out], np.float64)
+                    positions = y.size / y.shape[ax_out]
+                    key = (n, out)
+                    prop_err[key] = prop_err.get(key, 0.0) + positions * float(np.dot(v_c, gains))
+                    prop_sig[key] = prop_sig.get(key, 0.0) + float(np.sum(y * y))
+    rel = {n: (err[n] / sig[n] if sig[n] > 0 else (0.0 if err[n] == 0 else float("inf"))) for n in names}
+    for (n, _), e in prop_err.items():
+        ps = prop_sig[(n, _)]
+        rel[n] = max(rel[n], e / ps if ps > 0 else float("inf"))
+    tensors = ir.tensors()
+    rows = []
+    for k in vb.kernels:
+        if layers != "all" and k.weight is None:
+            continue
+        own = [t for t in dict.fromkeys(list(k.inputs) + [k.output]) if t in quantized and t in rel]
+        noise = sum(rel[t] for t in own)
+        w_noise = None
+        if k.weight is not None and k.weight in qps and k.weight in tensors:
+            w = ir.const_value(tensors[k.weight])
+            if w is not None and np.any(w):
+                w = np.asarray(w, np.float32)
+                d = fake_quant(w, qps[k.weight]).astype(np.float64) - w
+                w_noise = float(np.sum(d * d) / np.sum(np.square(w, dtype=np.float64)))
+                noise += w_noise
+        rows.append({"kernel": k.name, "op": k.op, "score": noise, "sensitivity_db": finite_or_none(_db(noise)),
+                     "local": {t: finite_or_none(_db(rel[t])) for t in own},
+                     "weight_db": None if w_noise is None else finite_or_none(_db(w_noise))})
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["score"])
+    for rank, i in enumerate(order, 1):
+        rows[i]["rank"] = rank
+    return {"layers": rows, "ranking": [rows[i]["kernel"] for i in order], "method": "local",
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
 def load_analysis(src) -> Dict:
     """An analysis to reuse: the dict `analyze` returned, or the path of the analysis.json
     that `write_reports` / `qcompiler analyze --out` wrote (scores that JSON could not hold,

@@ -90,6 +90,7 @@ class VariantBuilder:
         self.ranges: Dict[str, tuple] = dict(ir.ann.notes.get("ranges", {}))
         self.evaluator = Evaluator(self.source, self.eval_data, fused=fused_eval, metric=metric)
         self.evaluations = 0
+        self.early_rejections = 0
         self.setup_seconds = time.perf_counter() - t0
         self._cache: Dict[frozenset, Dict] = {}
 
@@ -158,12 +159,18 @@ class VariantBuilder:
     def build(self, keep_float_kernels: Iterable[str] = ()) -> onnx.ModelProto:
         return ir_to_model(self.build_ir(keep_float_kernels))
 
-    def evaluate(self, keep_float_kernels: Iterable[str] = ()) -> Dict:
+    def evaluate(self, keep_float_kernels: Iterable[str] = (), early_reject: Optional[Callable] = None) -> Dict:
+        """The variant's error on the evaluation batches (cached per kept set). With
+        `early_reject(partial) -> bool`, the second half of the batches is only run when
+        the first half does not already reject the variant; such a result is marked
+        `partial` (and is measured in full when asked again without `early_reject`)."""
         key = frozenset(keep_float_kernels)
-        if key in self._cache:
-            return self._cache[key]
-        res = self.evaluator.error(self.build(key))
+        hit = self._cache.get(key)
+        if hit is not None and (early_reject is not None or not hit.get("partial")):
+            return hit
+        res = self.evaluator.error(self.build(key), early_reject=early_reject)
         self.evaluations += 1
+        self.early_rejections += bool(res.get("partial"))
         self._cache[key] = res
         return res
 
