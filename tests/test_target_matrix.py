@@ -84,6 +84,23 @@ def test_low_sqnr_build_warns_with_worst_tensors_and_exits_0(tmp_path, capsys):
     assert code == 0 and "warning: output SQNR" not in capsys.readouterr().err
 
 
+def test_low_sqnr_estimate_measures_the_built_tensors_not_the_fp32_names():
+    """A folded Conv keeps its name but carries the BN's output: the per-tensor estimate must
+    read that tensor in the built model (the FP32 model's same-named pre-BN tensor, 20x
+    smaller here, once made every folded conv look like a 0 dB layer)."""
+    m = models.conv_bn_relu(cin=3, cout=8, hw=16, seed=3)
+    next(n for n in m.graph.node if n.op_type == "Relu").op_type = "Sigmoid"  # quantizes the conv output
+    for t in m.graph.initializer:  # BN gamma x20: post-BN values are 20x the pre-BN ones
+        if t.name == "bn.weight":
+            from onnx import numpy_helper
+
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 20, t.name))
+    xs = np.random.default_rng(0).standard_normal((40, 1, 3, 16, 16)).astype(np.float32)
+    r = build(m, target="x86", calib=_batches(xs, "input", bs=1), options={"warn_sqnr": 300})
+    worst = r.report["accuracy"]["low_sqnr"]["worst_tensors"]
+    assert worst and all(w["sqnr_db"] > 25 for w in worst), worst
+
+
 def test_arm64_within_a_db_of_x86_on_a_real_model():
     """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point and
     cuda's mse calibration keep x86's output SQNR (zero-point-free arm64-sym does not)."""

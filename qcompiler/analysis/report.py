@@ -85,20 +85,22 @@ def qdq_counts(model: onnx.ModelProto) -> Dict[str, int]:
     return {"QuantizeLinear": c.get("QuantizeLinear", 0), "DequantizeLinear": c.get("DequantizeLinear", 0)}
 
 
-def tensor_losses(fp32: onnx.ModelProto, qparams: Dict, batch: Dict[str, np.ndarray],
+def tensor_losses(int8: onnx.ModelProto, qparams: Dict, batch: Dict[str, np.ndarray],
                   producers: Dict[str, str], worst: int = 3) -> List[Dict]:
-    """The quantized activations that lose most on their own: each tensor's FP32 values on
-    one held-out batch against the same values quantized with its parameters (SQNR).
+    """The quantized activations that lose most on their own: each tensor's values in the
+    built model (before its QuantizeLinear) on one held-out batch, against the same values
+    quantized with its parameters (SQNR). The built model, not the FP32 one, because the
+    FP32 passes reuse names (a folded Conv keeps its name but now carries the BN's output).
     A quick per-layer estimate, one ONNX Runtime run; `qcompiler analyze` ranks layers by
     their effect on the output instead."""
     from qcompiler.quant.qparams import fake_quant
     from qcompiler.quant.session import session_with_outputs
 
-    produced = {o for n in fp32.graph.node for o in n.output}
+    produced = {o for n in int8.graph.node for o in n.output}
     names = [t for t in qparams if t in produced and t in producers]
     if not names:
         return []
-    sess = session_with_outputs(fp32, names)
+    sess = session_with_outputs(int8, names)
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, batch)))
     rows = []
     for t in names:

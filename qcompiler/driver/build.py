@@ -220,10 +220,10 @@ def _quant_report(ctx, ir, fp32: onnx.ModelProto, int8: onnx.ModelProto, eval_so
         acc = rpt.output_error(ref, int8, eval_source())
         acc["held_out"] = eval_source is not ctx.calib
         r["accuracy"] = acc
-        _flag_low_sqnr(ctx, ir, ref, acc, first)
+        _flag_low_sqnr(ctx, ir, int8, acc, first)
 
 
-def _flag_low_sqnr(ctx, ir, fp32: onnx.ModelProto, acc: dict, batch) -> None:
+def _flag_low_sqnr(ctx, ir, int8: onnx.ModelProto, acc: dict, batch) -> None:
     """Below the `warn_sqnr` threshold (dB, default 20) the report names the quantized
     tensors that lose most on their own; the CLI prints it as one warning."""
     from qcompiler.analysis import report as rpt
@@ -233,7 +233,7 @@ def _flag_low_sqnr(ctx, ir, fp32: onnx.ModelProto, acc: dict, batch) -> None:
     if not sq or min(sq) >= threshold or batch is None:
         return
     producers = {o.name: n.name for n in ir.graph.nodes for o in n.outputs}
-    worst = rpt.tensor_losses(fp32, ir.ann.qparams, batch, producers)
+    worst = rpt.tensor_losses(int8, ir.ann.qparams, batch, producers)
     acc["low_sqnr"] = {"sqnr_db": min(sq), "threshold": threshold, "worst_tensors": worst}
 
 
