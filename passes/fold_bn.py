@@ -3,8 +3,12 @@
 BN(y) = y * a + b with a = gamma / sqrt(var + eps), b = beta - mean * a, per channel.
 Conv / ConvTranspose / Gemm / MatMul(const weight) absorb a into their weights (new
 initializers: a weight shared with another consumer is never modified) and b into their
-bias. A BN that cannot be folded becomes Mul + Add with per-channel constants. Both are
-qcompiler.rewrite patterns (below); the reasons a BN stays are the report's `kept`.
+bias. A BN that cannot be folded becomes Mul + Add with per-channel constants. A constant
+scalar or per-channel Mul after a Conv/ConvTranspose is the same algebra (a = the constant,
+b = 0) and folds the same way, so a following constant Add can join the bias: PP-LCNetV3's
+learnable affine blocks (Conv -> Mul(s) -> Add(c)) otherwise cost two extra requantizations
+each. All are qcompiler.rewrite patterns (below); the reasons a BN stays are the report's
+`kept`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from qcompiler.rewrite import rewrite
 # a weighted op whose only reader is the BatchNormalization
 INTO_PRODUCER = "(Conv | ConvTranspose | Gemm | MatMul)(x, w:const, c?) -> BatchNormalization"
 STANDALONE = "BatchNormalization"
+# a conv whose only reader is a Mul by a constant
+SCALE_INTO_CONV = "(Conv | ConvTranspose)(x, w:const, c?) -> Mul(_, s:const)"
 NOT_AFFINE = "BatchNormalization in training mode or with non-constant statistics"
 
 
@@ -34,6 +40,9 @@ class FoldBatchNorm(Pass):
         folded = rewrite(ir, INTO_PRODUCER, lambda b, m: _fold_into_producer(b, m, plans),
                          check=lambda m: _fold_reason(ir, m, plans), name="fold-bn-into-producer",
                          repeat=True)
+        scales = rewrite(ir, SCALE_INTO_CONV, lambda b, m: _fold_into_producer(b, m, plans, "Mul"),
+                         check=lambda m: _scale_reason(ir, m, plans), name="fold-scale-into-conv",
+                         repeat=True)
         standalone = rewrite(ir, STANDALONE, lambda b, m: _to_mul_add(b, m, plans),
                              check=lambda m: _mul_add_reason(ir, m.anchor, plans), name="bn-to-mul-add")
         kept = []
@@ -41,8 +50,9 @@ class FoldBatchNorm(Pass):
             kept.append(name)
             if reason == NOT_AFFINE:
                 ir.ann.float_reasons[name] = reason
-        rep.update(folded=folded.rewritten, to_mul_add=standalone.rewritten, kept=kept)
-        return folded.rewritten + standalone.rewritten > 0
+        rep.update(folded=folded.rewritten, scales_folded=scales.rewritten, to_mul_add=standalone.rewritten,
+                   kept=kept)
+        return folded.rewritten + scales.rewritten + standalone.rewritten > 0
 
 
 def _bn_affine(ir, bn) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -91,9 +101,35 @@ def _fold_reason(ir, m, plans: dict) -> Optional[str]:
     return None
 
 
-def _fold_into_producer(b, m, plans: dict):
-    """The weighted op absorbs BN(y) = y * a + b; returns what now carries the BN's output."""
-    p, bn = m.anchor, m["BatchNormalization"]
+def _scale_reason(ir, m, plans: dict) -> Optional[str]:
+    """Why a constant Mul cannot fold into the conv before it (None: it can)."""
+    p, mul, y = m.anchor, m["Mul"], m.anchor.outputs[0]
+    sv, w = ir.const_value(m["s"]), ir.const_value(m["w"])
+    c = ir.const_value(m["c"]) if m["c"] is not None else None
+    if sv is None or w is None or (m["c"] is not None and c is None):
+        return "the scale, weight or bias is not an initializer"
+    sv = np.asarray(sv)
+    cout = w.shape[0] if p.op == "Conv" else w.shape[1] * int(p.attrs.get("group", 1))
+    rank = len(y.shape) if y.shape is not None else None
+    if sv.dtype.kind != "f" or not np.all(np.isfinite(sv)):
+        return "the scale is not a finite float"
+    if sv.size != 1:  # per channel: shape (..., cout, 1, ..., 1) aligned with the output's axis 1
+        if rank is None or sv.ndim > rank or sv.ndim < rank - 1:
+            return "the scale does not broadcast along the output channels"
+        dims = (1,) * (rank - sv.ndim) + sv.shape
+        if dims[0] != 1 or dims[1] != cout or any(d != 1 for d in dims[2:]):
+            return f"the scale's shape {list(sv.shape)} is not per output channel ({cout})"
+    elif sv.ndim > (rank if rank is not None else 0):
+        return "the scale would raise the output's rank"
+    a = np.broadcast_to(sv.astype(np.float64).reshape(-1), (cout,)).copy()
+    plans[id(mul)] = (a, np.zeros(cout), w, c)
+    return None
+
+
+def _fold_into_producer(b, m, plans: dict, folded: str = "BatchNormalization"):
+    """The weighted op absorbs BN(y) = y * a + b (or a constant Mul: b = 0); returns what
+    now carries the folded node's output."""
+    p, bn = m.anchor, m[folded]
     a, shift, w, c = plans.pop(id(bn))
     if p.op in ("Conv", "ConvTranspose"):
         if p.op == "Conv":

@@ -202,6 +202,48 @@ def test_fold_bn_after_matmul_bias_add_still_exact():
     check_equal(m, res)
 
 
+def _conv_mul_add(scale, shift=None, op="Conv", const_first=False):
+    """Conv/ConvTranspose(bias) -> Mul(constant scale) [-> Add(constant shift)] -> Relu."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4, 3, 3) if op == "Conv" else (4, 6, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"),
+             numpy_helper.from_array(np.asarray(scale, np.float32), "s")]
+    mul_in = ["s", "y"] if const_first else ["y", "s"]
+    nodes = [helper.make_node(op, ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Mul", mul_in, ["z"])]
+    last = "z"
+    if shift is not None:
+        inits.append(numpy_helper.from_array(np.asarray(shift, np.float32), "c"))
+        nodes.append(helper.make_node("Add", ["z", "c"], ["a"]))
+        last = "a"
+    nodes.append(helper.make_node("Relu", [last], ["out"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("scale,shift,op,const_first", [
+    (0.37, None, "Conv", False), (np.array([1.5], np.float32), 0.25, "Conv", True),
+    (np.linspace(0.5, 2, 6).reshape(6, 1, 1), np.linspace(-1, 1, 6).reshape(1, 6, 1, 1), "Conv", False),
+    (-0.8, 0.1, "ConvTranspose", False)], ids=["scalar", "scalar-then-add", "per-channel", "convtranspose"])
+def test_constant_scale_after_a_conv_folds_into_it(scale, shift, op, const_first):
+    """A learnable affine block (PP-LCNetV3: Conv -> Mul(s) -> Add(c)) becomes one conv, so
+    no requantization sits between the conv and its activation."""
+    m = _conv_mul_add(scale, shift, op, const_first)
+    res = compile_(m)
+    assert op_count(res.model, "Mul") == 0 and op_count(res.model, "Add") == 0
+    assert res.report["passes"]["fold-bn"]["scales_folded"] == 1
+    check_equal(m, res)
+
+
+@pytest.mark.parametrize("scale", [np.ones((1, 1, 8, 1), np.float32), np.linspace(1, 2, 8).astype(np.float32)],
+                         ids=["per-row", "per-column"])
+def test_scale_that_is_not_per_output_channel_stays(scale):
+    m = _conv_mul_add(scale * 1.5)
+    res = compile_(m)
+    assert op_count(res.model, "Mul") == 1 and res.report["passes"]["fold-bn"]["scales_folded"] == 0
+    check_equal(m, res)
+
+
 def test_fold_bn_shared_weight_is_cloned():
     m = models.shared_weight_conv_bn()
     w0 = initializer(m, "shared.weight")
