@@ -2,6 +2,7 @@
 
 Builds, in one run on the same calibration lines (64, seed 1, batch 1):
   qcompiler default        build(rec, target x86)
+  qcompiler x86-accurate   build(rec, target x86-accurate): float elementwise chains, mse ranges
   qcompiler --min-sqnr 30  the same with the mixed-precision search (its time reported apart)
   ORT quantize_static      quant_pre_process + quantize_static (QDQ, U8 activations, S8
                            per-channel weights, MinMax)
@@ -9,7 +10,8 @@ Builds, in one run on the same calibration lines (64, seed 1, batch 1):
                            backend, default settings; `pip install 'qcompiler[bench]'`)
 and measures each on held-out lines (seed 2, apart from calibration): exact match of the
 greedy CTC decoding (spaces ignored, as PaddleOCR's RecMetric does) and output SQNR
-against FP32, ONNX Runtime with its default graph optimisations (what users run).
+against FP32, ONNX Runtime with its default graph optimisations (what users run), and the
+1-thread latency of one line (median of 30 runs after 5 warm-up runs; FP32 in the same run).
 
     python bench/bench_rec.py [--test 500] [--out bench/results]
 
@@ -42,11 +44,11 @@ def batches(xs):
     return [{"x": xs[i:i + 1]} for i in range(len(xs))]
 
 
-def build_qcompiler(model_path, cal, options):
+def build_qcompiler(model_path, cal, options, target="x86"):
     from qcompiler.driver.build import build
 
     t0 = time.perf_counter()
-    r = build(model_path, target="x86", calib=batches(cal), options=dict(options, evaluate=False))
+    r = build(model_path, target=target, calib=batches(cal), options=dict(options, evaluate=False))
     return r.model, time.perf_counter() - t0, r.report
 
 
@@ -107,11 +109,23 @@ def build_nncf(model_path, cal):
     return q, time.perf_counter() - t0, {"nncf": nncf.__version__, "pre_process": note}
 
 
+def latency_ms(model, x, runs=30, warmup=5):
+    sess = common.make_session(model, 1, optimize=True)
+    for _ in range(warmup):
+        sess.run(None, {"x": x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {"x": x})
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
 def evaluate(model, xs, texts, charset, ref=None):
     from fixtures.rec_task import exact_match
 
     out = common.run_model(common.make_session(model, 0, optimize=True), "x", xs, 16)
-    res = {"exact_match": 100.0 * exact_match(out, texts, charset)}
+    res = {"exact_match": 100.0 * exact_match(out, texts, charset), "latency_ms": latency_ms(model, xs[:1])}
     if ref is not None:
         acc = common.ErrorAccumulator()
         acc.add(ref, out)
@@ -135,6 +149,7 @@ def run(n_cal, n_test, log):
     with tempfile.TemporaryDirectory(prefix="qc-bench-rec-") as work:
         builds = [
             ("qcompiler x86 default", lambda: build_qcompiler(path, cal, {})),
+            ("qcompiler x86-accurate", lambda: build_qcompiler(path, cal, {}, target="x86-accurate")),
             ("qcompiler x86 --min-sqnr 30", lambda: build_qcompiler(path, cal, {"min_sqnr": 30.0})),
             ("ORT quantize_static (per-channel, MinMax)", lambda: build_ort(path, cal, work)),
             ("NNCF default", lambda: build_nncf(path, cal)),
@@ -159,7 +174,7 @@ def run(n_cal, n_test, log):
             if isinstance(info, dict) and "pre_process" in info:
                 row["note"] = info["pre_process"]
             rows.append(row)
-            log(f"  exact match {res['exact_match']:.2f}%, SQNR {res['sqnr_db']:.2f} dB, build {secs:.1f} s")
+            log(f"  exact match {res['exact_match']:.2f}%, SQNR {res['sqnr_db']:.2f} dB, {res['latency_ms']:.1f} ms/line, build {secs:.1f} s")
     return {"n_cal": n_cal, "n_test": n_test, "rows": rows}
 
 
@@ -176,20 +191,24 @@ def render(R, meta):
              "of the greedy CTC decoding, spaces ignored (PaddleOCR's RecMetric default); one line = "
              f"{100 / R['n_test']:.2f} pp. SQNR: the softmax output against FP32. ONNX Runtime with its default "
              "graph optimisations. Build times: the whole build in this process (the search included).", "",
-             "| build | exact match % | vs FP32 pp | SQNR dB | build s | search: s / candidates / kept float / INT8 MACs |",
-             "|---|---|---|---|---|---|"]
+             "| build | exact match % | vs FP32 pp | SQNR dB | 1-thread ms/line (x FP32) | build s | "
+             "search: s / candidates / kept float / INT8 MACs |",
+             "|---|---|---|---|---|---|---|"]
     fp = R["rows"][0]["exact_match"]
+    fp_ms = R["rows"][0].get("latency_ms")
     for r in R["rows"]:
         if "error" in r:
-            lines.append(f"| {r['name']} | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['name']} | failed: {r['error']} | | | | | |")
             continue
         search = ""
         if "search_s" in r:
             search = (f"{r['search_s']:.1f} s / {r['evaluations']} / {r['kept_float']} / "
                       f"{100 * (r['int8_mac_share'] or 0):.1f}%")
         name = r["name"] + (f" ({r['version']})" if r.get("version") else "")
+        ms = r.get("latency_ms")
+        speed = f"{ms:.1f} ({ms / fp_ms:.2f}x)" if ms and fp_ms else "-"
         lines.append(f"| {name} | {r['exact_match']:.2f} | {r['exact_match'] - fp:+.2f} | {f(r.get('sqnr_db'))} | "
-                     f"{f(r.get('build_s'), '.1f')} | {search} |")
+                     f"{speed} | {f(r.get('build_s'), '.1f')} | {search} |")
     notes = [f"{r['name']}: {r['note']}" for r in R["rows"] if r.get("note")]
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]

@@ -18,7 +18,7 @@ from qcompiler.target import (
     shipped_target_path,
 )
 
-SHIPPED = ["arm64", "arm64-dot", "arm64-sym", "cuda", "x86", "x86-avx2"]
+SHIPPED = ["arm64", "arm64-dot", "arm64-sym", "cuda", "x86", "x86-accurate", "x86-avx2"]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "target-language.md"
 
 BASE = """

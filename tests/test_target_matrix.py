@@ -101,6 +101,32 @@ def test_low_sqnr_estimate_measures_the_built_tensors_not_the_fp32_names():
     assert worst and all(w["sqnr_db"] > 25 for w in worst), worst
 
 
+def test_x86_accurate_keeps_elementwise_chains_float():
+    """x86-accurate drops x86's Add/Mul kernels: a spelled-out HardSwish between two convs
+    gets no quantization point inside, its ranges are mse, and it is no less accurate than
+    x86 on the same data."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+             for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    inits += [numpy_helper.from_array(np.float32(v), n) for n, v in (("three", 3), ("lo", 0), ("hi", 6), ("sixth", 1 / 6))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1] * 4),  # then x * relu6(x + 3) / 6
+             helper.make_node("Add", ["y", "three"], ["y3"]), helper.make_node("Clip", ["y3", "lo", "hi"], ["g"]),
+             helper.make_node("Mul", ["y", "g"], ["yg"]), helper.make_node("Mul", ["yg", "sixth"], ["h"]),
+             helper.make_node("Conv", ["h", "w2"], ["out"], pads=[1] * 4)]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    xs, inp = rng.standard_normal((40, 1, 3, 16, 16)).astype(np.float32), "x"
+    r = {t: build(m, target=t, calib=_batches(xs, inp, bs=1)) for t in ("x86", "x86-accurate")}
+    q = {t: sum(n.op_type == "QuantizeLinear" for n in r[t].model.graph.node) for t in r}
+    assert q["x86-accurate"] < q["x86"], q
+    assert r["x86-accurate"].report["calibration"]["method"] == "mse"
+    sq = {t: min(o["sqnr_db"] for o in r[t].report["accuracy"]["outputs"].values()) for t in r}
+    assert sq["x86-accurate"] >= sq["x86"] - 0.1, sq
+
+
 def test_arm64_within_a_db_of_x86_on_a_real_model():
     """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point and
     cuda's mse calibration keep x86's output SQNR (zero-point-free arm64-sym does not)."""
