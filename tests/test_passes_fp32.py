@@ -266,6 +266,10 @@ def test_spelled_out_hardswish_joins_the_conv_region():
     assert op_count(res.model, "HardSigmoid") == 1 and op_count(res.model, "Clip") == 0
     assert [r.kind for r in regions(res)] == ["conv+hardsigmoid*x"]
     check_equal(m, res)
+    # a target with an integer Mul keeps the spelled-out form (its relu6 gate quantizes better)
+    seen = {t: build(m, target=t, pipeline=list(FP32_PIPELINE)).report["passes"]["fuse-conv-bias-act"]
+            ["hardswish_recognised"] for t in ("x86", "arm64", "x86-accurate", "cuda")}
+    assert seen == {"x86": 0, "arm64": 0, "x86-accurate": 1, "cuda": 1}
 
 
 @pytest.mark.parametrize("kw", [dict(k=2.0), dict(hi=5.0), dict(d=0.2)], ids=["plus2", "clip5", "div5"])
