@@ -7,9 +7,7 @@ int32 with the accumulator's scale, instead of the MatMul output being rounded t
 and the Add rounding again (on the PP-OCR cls head that double rounding cost 3.5 dB).
 The activation that follows (Relu, Clip/ReLU6, LeakyRelu, HardSwish, HardSigmoid*x,
 Sigmoid*x i.e. SiLU) joins the conv in a FusedRegion: later quantization
-passes place no quantization point inside a region. A HardSwish written out as
-x * relu6(x + 3) / 6 (PaddlePaddle's export) becomes x * HardSigmoid(x) first, on targets
-without an integer Mul: two float ops instead of four, and a gate the region takes in. A region never swallows a tensor
+passes place no quantization point inside a region. A region never swallows a tensor
 that is a graph output or read by a node outside the region.
 
 Each step is a qcompiler.rewrite pattern (below); the checks say why a match is left alone.
@@ -33,8 +31,6 @@ CONV_ACT = f"{CONVS}(x, w:const, b?) -> (Relu | Clip | LeakyRelu | HardSwish)?"
 # x * gate(x): the conv output feeds the gate and the Mul, the gate only the Mul
 GATED_ACT = "(HardSigmoid | Sigmoid)(y) -> Mul(_, y)"
 MATMUL_BIAS_ADD = "MatMul(a, w:const) -> Add(_, c:const)"
-# HardSwish written out, x * relu6(x + 3) / 6 (canonicalize made the division a Mul)
-HARDSWISH_SPELLED = "Add(y, k:const) -> Clip(_, lo:const, hi:const) -> Mul(_, y) -> Mul(_, d:const)"
 
 
 @register_pass("fuse-conv-bias-act", requires={"canonical"}, provides={"fused"})
@@ -55,12 +51,6 @@ class FuseConvBiasAct(Pass):
                 weights[id(conv)] = ir.const_value(conv.inputs[1])
             return None if weights[id(conv)] is not None else "weight is not an initializer"
 
-        # Only where the target has no integer Mul: with QLinearMul (x86, arm64) the spelled-out
-        # form quantizes the relu6 gate on its own [0, 6] range, which PP-OCR cls measured 3 dB
-        # better than the region; without it the four ops run in float, and two are cheaper.
-        gate_first = ctx.target is None or not ctx.target.patterns_for("Mul")
-        hswish = (rewrite(ir, HARDSWISH_SPELLED, _hardswish_as_gate, name="hardswish-spelled-out",
-                          check=lambda m: _hardswish_reason(ir, m)).rewritten if gate_first else 0)
         biases = rewrite(ir, CONV_BIAS_ADD, lambda b, m: _fold_bias_add(b, m, weights, plans),
                          check=lambda m: free_conv(m) or _bias_add_reason(ir, m, weights, plans),
                          name="conv-bias-add")
@@ -76,9 +66,9 @@ class FuseConvBiasAct(Pass):
         gemms = rewrite(ir, MATMUL_BIAS_ADD, _matmul_add_to_gemm, name="matmul-add-to-gemm",
                         check=lambda m: (f"{m.anchor.name} is already in a fused region"
                                          if m.anchor.name in taken else _gemm_bias_reason(ir, m)))
-        rep.update(hardswish_recognised=hswish, bias_adds_folded=biases.rewritten, regions=regions.rewritten,
+        rep.update(bias_adds_folded=biases.rewritten, regions=regions.rewritten,
                    kinds=dict(sorted(kinds.items())), matmul_add_to_gemm=gemms.rewritten)
-        return hswish + biases.rewritten + regions.rewritten + gemms.rewritten > 0
+        return biases.rewritten + regions.rewritten + gemms.rewritten > 0
 
 
 def _out_channels(conv, w) -> int:
@@ -149,23 +139,6 @@ def _rank(t) -> Optional[int]:
         if s is not None and len(s) == 1 and isinstance(s[0], int) and s[0] >= 0:
             return int(s[0])
     return None
-
-
-def _hardswish_reason(ir, m) -> Optional[str]:
-    vals = [ir.const_value(m[k]) for k in ("k", "lo", "hi", "d")]
-    if any(v is None or np.asarray(v).size != 1 for v in vals):
-        return "not scalar constants"
-    k, lo, hi, d = (float(np.asarray(v).reshape(-1)[0]) for v in vals)
-    if not np.allclose([k, lo, hi, d * 6.0], [3.0, 0.0, 6.0, 1.0], rtol=1e-6, atol=1e-7):
-        return f"x * clip(x + {k:g}, {lo:g}, {hi:g}) * {d:g} is not HardSwish"
-    return None
-
-
-def _hardswish_as_gate(b, m):
-    """x * clip(x + 3, 0, 6) / 6 is x * HardSigmoid(x; 1/6, 1/2)."""
-    y, last = m["y"], m.nodes[-1].name
-    gate = b.op("HardSigmoid", y, name=f"{last}_hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
-    return b.op("Mul", y, gate, name=f"{last}_hardswish")
 
 
 def _region(ir, m):

@@ -244,43 +244,6 @@ def test_scale_that_is_not_per_output_channel_stays(scale):
     check_equal(m, res)
 
 
-def _conv_spelled_hardswish(k=3.0, lo=0.0, hi=6.0, d=1 / 6):
-    """Conv -> x * clip(x + k, lo, hi) * d, as PaddlePaddle exports HardSwish."""
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "w")]
-    inits += [numpy_helper.from_array(np.float32(v), n) for n, v in (("k", k), ("lo", lo), ("hi", hi), ("d", d))]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["y", "k"], ["yk"]), helper.make_node("Clip", ["yk", "lo", "hi"], ["g"]),
-             helper.make_node("Mul", ["g", "y"], ["yg"]), helper.make_node("Mul", ["yg", "d"], ["out"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 8, 8])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-
-
-def test_spelled_out_hardswish_joins_the_conv_region():
-    """x * relu6(x + 3) / 6 becomes x * HardSigmoid(x): two ops instead of four, inside
-    the conv's fused region (no quantization point between the conv and its activation)."""
-    m = _conv_spelled_hardswish()
-    res = compile_(m)
-    assert res.report["passes"]["fuse-conv-bias-act"]["hardswish_recognised"] == 1
-    assert op_count(res.model, "HardSigmoid") == 1 and op_count(res.model, "Clip") == 0
-    assert [r.kind for r in regions(res)] == ["conv+hardsigmoid*x"]
-    check_equal(m, res)
-    # a target with an integer Mul keeps the spelled-out form (its relu6 gate quantizes better)
-    seen = {t: build(m, target=t, pipeline=list(FP32_PIPELINE)).report["passes"]["fuse-conv-bias-act"]
-            ["hardswish_recognised"] for t in ("x86", "arm64", "x86-accurate", "cuda")}
-    assert seen == {"x86": 0, "arm64": 0, "x86-accurate": 1, "cuda": 1}
-
-
-@pytest.mark.parametrize("kw", [dict(k=2.0), dict(hi=5.0), dict(d=0.2)], ids=["plus2", "clip5", "div5"])
-def test_other_gates_are_not_taken_for_hardswish(kw):
-    m = _conv_spelled_hardswish(**kw)
-    res = compile_(m)
-    assert res.report["passes"]["fuse-conv-bias-act"]["hardswish_recognised"] == 0
-    assert op_count(res.model, "HardSigmoid") == 0
-    check_equal(m, res)
-
-
 def test_fold_bn_shared_weight_is_cloned():
     m = models.shared_weight_conv_bn()
     w0 = initializer(m, "shared.weight")

@@ -286,7 +286,7 @@ def test_fold_requant_turns_a_scalar_mul_into_a_scale(target):
 
 
 def test_fold_requant_folds_one_mul_of_a_chain():
-    # conv -> Mul(0.5) -> Mul(3) -> conv: after the first fold the tensor before the second Mul
+    # conv -> relu -> Mul(0.5) -> Mul(3) -> conv: after the first fold the tensor before the second Mul
     # is written on another tensor's grid, so the second Mul stays (folding it too would
     # scale by 0.5 twice).
     from onnx import TensorProto, helper, numpy_helper
@@ -295,7 +295,8 @@ def test_fold_requant_folds_one_mul_of_a_chain():
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 4, 3, 3)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.normal(0, 0.3, (4, 8, 1, 1)).astype(np.float32), "w2"),
              numpy_helper.from_array(np.float32(0.5), "half"), numpy_helper.from_array(np.float32(3.0), "three")]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c0"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["c"]),  # (a Mul right after a conv folds into it)
              helper.make_node("Mul", ["c", "half"], ["m1"]),
              helper.make_node("Mul", ["m1", "three"], ["m2"]),
              helper.make_node("Conv", ["m2", "w2"], ["y"])]
