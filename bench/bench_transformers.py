@@ -1,6 +1,8 @@
 """BERT-style sentence encoders under INT8: FP32, qcompiler's default x86 build, the same
-build without the transformer passes (attention-mask, transformer-placement), ONNX
-Runtime's quantize_static (QDQ, per-channel, its defaults otherwise) and quantize_dynamic.
+build without smooth-quant and without the transformer passes (attention-mask,
+smooth-quant, transformer-placement), ONNX Runtime's quantize_static (QDQ, per-channel, its
+defaults otherwise) and quantize_dynamic, and NNCF (default and model_type=TRANSFORMER)
+when the `bench` extra is installed.
 
     python bench/bench_transformers.py                 # random-weight model (tests/bert_like.py)
     python bench/bench_transformers.py --out bench/results/transformers.md
@@ -18,6 +20,7 @@ the same process, interleaved).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -81,13 +84,30 @@ def ort_dynamic(model, calib):
         return onnx.load(dst)
 
 
+def nncf_build(model, calib, transformer=False):
+    """NNCF's ONNX backend (the `bench` extra), default preset or model_type=TRANSFORMER."""
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    kw = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    return nncf.quantize(model, nncf.Dataset(list(calib)), subset_size=len(calib), **kw)
+
+
 VARIANTS = {
     "qcompiler default (x86)": qcompiler_build,
+    "qcompiler without smooth-quant": lambda m, c: qcompiler_build(m, c, without=("smooth-quant",)),
     "qcompiler without transformer passes": lambda m, c: qcompiler_build(
-        m, c, without=("attention-mask", "transformer-placement")),
+        m, c, without=("attention-mask", "smooth-quant", "transformer-placement")),
     "ORT quantize_static (QDQ, per-channel)": ort_static,
     "ORT quantize_dynamic (per-channel)": ort_dynamic,
 }
+
+
+if importlib.util.find_spec("nncf") is not None:
+    VARIANTS["NNCF default"] = nncf_build
+    VARIANTS["NNCF model_type=TRANSFORMER"] = lambda m, c: nncf_build(m, c, transformer=True)
 
 
 def measure(name, model, calib, held, reps):

@@ -115,7 +115,7 @@ def test_arm64_facts():
     t = load_target("arm64")
     assert (t.activation.dtype, t.activation.symmetric) == ("int8", False)  # ORT/XNNPACK take a zero point
     assert load_target("arm64-sym").activation.symmetric  # zero-point-free int8 kernels
-    assert (t.calibration, load_target("cuda").calibration) == ("minmax", "mse")
+    assert (t.calibration, load_target("cuda").calibration) == ("mse", "mse")
     assert (t.weight.dtype, t.weight.symmetric, t.weight.per_channel) == ("int8", True, True)
     assert (t.weight.qmin, t.weight.qmax) == (-127, 127)
     assert (t.requant.style, t.requant.precision) == ("fixed_point", "q31")
@@ -151,8 +151,8 @@ def test_cuda_facts():
 
 
 def test_pipelines_are_the_standard_order():
-    std = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "attention-mask", "transformer-placement",
-           "insert-observers", "calibrate",
+    std = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "attention-mask", "smooth-quant",
+           "transformer-placement", "insert-observers", "calibrate",
            "unify-concat-scales", "place-qdq", "fold-requant", "lower-layout"]
     for name in SHIPPED:
         pipe = list(load_target(name).pipeline)

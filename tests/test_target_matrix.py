@@ -128,8 +128,10 @@ def test_x86_accurate_keeps_elementwise_chains_float():
 
 
 def test_arm64_within_a_db_of_x86_on_a_real_model():
-    """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point and
-    cuda's mse calibration keep x86's output SQNR (zero-point-free arm64-sym does not)."""
+    """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point keep
+    x86's output SQNR (zero-point-free arm64-sym does not). cuda's symmetric int8 costs
+    1.3-1.6 dB against x86's asymmetric uint8 here, now that both use mse ranges (it was
+    within 1 dB of x86's former min/max ranges); it must stay within 2 dB."""
     from fixtures import tasks
     from fixtures.real_models import real_model_path
 
@@ -138,8 +140,8 @@ def test_arm64_within_a_db_of_x86_on_a_real_model():
     for t in ("x86", "arm64", "arm64-sym", "cuda"):
         r = build(real_model_path("ppocr_cls"), target=t, calib=_batches(xs, "x"))
         sq[t] = min(o["sqnr_db"] for o in r.report["accuracy"]["outputs"].values())
-    assert sq["arm64"] >= sq["x86"] - 1.0 and sq["cuda"] >= sq["x86"] - 1.0, sq
-    assert sq["arm64-sym"] < sq["arm64"] - 3.0, sq
+    assert sq["arm64"] >= sq["x86"] - 1.0 and sq["cuda"] >= sq["x86"] - 2.0, sq
+    assert sq["arm64-sym"] < sq["arm64"] - 1.5, sq  # 2.3 dB with mse ranges (5+ with min/max)
 
 
 def test_recurrent_layers_count_in_the_mac_report(lstm):

@@ -23,21 +23,17 @@ def keep_float_nodes(ir, patterns: Iterable[str]) -> Set[str]:
 def find_kernels(ir, target, keep_float=frozenset(), forced_float: Optional[Dict[str, str]] = None
                  ) -> Tuple[List[Kernel], Dict[str, str]]:
     """Kernels from the target's pattern matches, and reasons for nodes that matched none.
-    `forced_float` (node name -> reason) drops every match that holds one of its nodes."""
+    `forced_float` (node name -> reason) takes its nodes out of matching: a pattern whose
+    optional tail is forced float still matches without it."""
     from qcompiler.target.patterns import match_all
 
-    matches, reasons = match_all(ir, target)
-    reasons = dict(reasons)
     forced_float = forced_float or {}
+    matches, reasons = match_all(ir, target, exclude=forced_float)
+    reasons = dict(reasons)
     reasons.update(forced_float)
     kernels: List[Kernel] = []
     for m in matches:
         nodes = list(m.nodes)
-        forced = next((n.name for n in nodes if n.name in forced_float), None)
-        if forced is not None:
-            for n in nodes:
-                reasons[n.name] = forced_float.get(n.name) or forced_float[forced]
-            continue
         if any(n.name in keep_float for n in nodes):
             for n in nodes:
                 reasons[n.name] = "kept float by --keep-float"

@@ -355,13 +355,13 @@ class HistogramObserver(Observer):
             hi >>= k
         self._place(lo, hi)
         self._lo_idx, self._hi_idx = lo, hi
-        self._counts += np.bincount(g - self._offset, minlength=self.bins)
+        g -= self._offset
+        self._counts += np.bincount(g, minlength=self.bins)
 
     def update(self, x) -> "HistogramObserver":
         v = self._finite(x)
         if v.size == 0:
             return self
-        v = v.astype(np.float64, copy=False)
         if self._w is None:
             lo = min(self._batch_min, 0.0)
             hi = max(self._batch_max, 0.0)
@@ -386,9 +386,20 @@ class HistogramObserver(Observer):
             k = int(math.floor(log_ext + 1 - math.log2(self.bins))) - 1  # span <= 2 * ext
             if k > 0:
                 self._coarsen(k)
-        g = np.floor(v / self._w).astype(np.int64)
-        # the same float operations on the extremes give the extreme indices
-        self._add(g, math.floor(vmin / self._w), math.floor(vmax / self._w))
+        # Bin indices as floor(v * (1/w)) in float32 for float32 data (4x faster than in
+        # float64; indices stay below 2**24, so they are exact integers). The same float
+        # operations on the extremes give the extreme indices, as rounding is monotone.
+        inv = 1.0 / self._w
+        if v.dtype == np.float32 and inv < 1e30:
+            inv = np.float32(inv)
+            t = v * inv
+            gmin, gmax = math.floor(np.float32(vmin) * inv), math.floor(np.float32(vmax) * inv)
+        else:
+            v = v.astype(np.float64, copy=False)
+            t = v * inv
+            gmin, gmax = math.floor(vmin * inv), math.floor(vmax * inv)
+        np.floor(t, out=t)
+        self._add(t.astype(np.intp), gmin, gmax)
         return self
 
     # -- histogram views ----------------------------------------------------------------
@@ -592,38 +603,48 @@ class MSEObserver(HistogramObserver):
 
     method = "mse"
 
-    def __init__(self, bins: int = 2048, candidates: int = 512) -> None:
+    def __init__(self, bins: int = 2048, candidates: int = 128) -> None:
         super().__init__(bins)
         self.candidates = max(16, int(candidates))
 
     def _errors(self, lo: np.ndarray, hi: np.ndarray, c: np.ndarray, n: np.ndarray, scheme) -> np.ndarray:
-        out = np.empty(lo.shape[0])
         qmin, qmax = scheme.qmin, scheme.qmax
-        with np.errstate(over="ignore", invalid="ignore"):
-            for s in range(0, lo.shape[0], 64):
-                scale, zp = _scale_zero_point(lo[s : s + 64], hi[s : s + 64], scheme)
-                scale = scale.astype(np.float64)[:, None]
-                zp = zp.astype(np.float64)[:, None]
-                q = np.clip(np.rint(c[None, :] / scale) + zp, qmin, qmax)
-                err = (q - zp) * scale - c[None, :]
-                out[s : s + 64] = (err * err) @ n
-        return np.where(np.isnan(out), np.inf, out)  # a scale beyond float32 never wins
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            scale, zp = _scale_zero_point(lo, hi, scheme)
+            inv = (1.0 / scale.astype(np.float64)).astype(np.float32)[:, None]
+            scale = scale.astype(np.float32)[:, None]
+            zp = zp.astype(np.float32)[:, None]
+            # float32 is enough to rank candidates and halves the cost of float64
+            q = c[None, :] * inv
+            np.rint(q, out=q)
+            q += zp
+            np.clip(q, qmin, qmax, out=q)
+            q -= zp
+            q *= scale
+            q -= c[None, :]
+            q *= q
+            out = (q @ n).astype(np.float64)
+        return np.where(np.isfinite(out), out, np.inf)  # a scale beyond float32 never wins
 
     def _search(self, tmax: float, make, c, n, scheme) -> float:
-        """1-d search of t in (0, tmax] minimising the error of make(t) -> (lo, hi)."""
+        """1-d search of t in (0, tmax] minimising the error of make(t) -> (lo, hi).
+
+        A coarse sweep (linear, plus a geometric tail for heavy-tailed data), then two
+        refinements between the neighbours of the best candidate so far.
+        """
         k = self.candidates
-        t = np.unique(
-            np.concatenate([np.linspace(tmax / k, tmax, k), np.geomspace(tmax * 1e-4, tmax, 64)])
-        )
+        t = np.unique(np.concatenate([np.linspace(tmax / k, tmax, k), np.geomspace(tmax * 1e-4, tmax, 32)]))
         e = self._errors(*make(t), c, n, scheme)
-        j = int(np.argmin(e))
-        # refine between the neighbours of the best candidate
-        a = t[j - 1] if j > 0 else t[j] * 0.5
-        b = t[j + 1] if j + 1 < len(t) else t[j]
-        t2 = np.linspace(a, b, 65)
-        e2 = self._errors(*make(t2), c, n, scheme)
-        j2 = int(np.argmin(e2))
-        return float(t2[j2]) if e2[j2] < e[j] else float(t[j])
+        best_t, best_e = float(t[int(np.argmin(e))]), float(e.min())
+        for _ in range(2):
+            j = int(np.argmin(e))
+            a = t[j - 1] if j > 0 else t[j] * 0.5
+            b = t[j + 1] if j + 1 < len(t) else t[j]
+            t = np.linspace(a, b, 17)
+            e = self._errors(*make(t), c, n, scheme)
+            if e.min() < best_e:
+                best_t, best_e = float(t[int(np.argmin(e))]), float(e.min())
+        return best_t
 
     def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
         scheme = scheme or _DEFAULT_SCHEME
@@ -632,8 +653,8 @@ class MSEObserver(HistogramObserver):
         counts, edges = self.histogram()
         keep = counts > 0
         c = (edges[:-1] * 0.5 + edges[1:] * 0.5)[keep]
-        c = np.clip(c, self._min, self._max)
-        n = counts[keep].astype(np.float64)
+        c = np.clip(c, self._min, self._max).astype(np.float32)
+        n = counts[keep].astype(np.float32)
         lo0, hi0 = min(self._min, 0.0), max(self._max, 0.0)
         if scheme.symmetric:
             absmax = max(-lo0, hi0)
@@ -668,7 +689,7 @@ def make_observer(method: str, **opts) -> Observer:
 
     Options: minmax(axis=None); moving_average(momentum=0.9, axis=None);
     percentile(percentile=99.99, bins=2048); entropy(bins=2048, max_candidates=1024);
-    mse(bins=2048, candidates=512).
+    mse(bins=2048, candidates=128).
     """
     key = str(method).lower().replace("-", "_")
     aliases = {"kl": "entropy", "max": "minmax", "min_max": "minmax", "ema": "moving_average"}

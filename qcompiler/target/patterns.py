@@ -475,17 +475,21 @@ def _graph_of(obj) -> gs.Graph:
     raise TypeError(f"expected an IR, a gs.Graph or an onnx.ModelProto, got {type(obj).__name__}")
 
 
-def match_all(ir_or_graph, target: Target) -> tuple[list[Match], dict[str, str]]:
+def match_all(ir_or_graph, target: Target, exclude=()) -> tuple[list[Match], dict[str, str]]:
     """Legal matches over a whole graph, and why every other node matched nothing.
 
     Greedy by benefit (then by size, then graph order): each node is in at most one
     match. A candidate that overlaps a taken node is matched again with the taken nodes
-    excluded (so `Conv -> Relu?` can still take the Conv alone). `reasons` maps node name
-    to one sentence for nodes that are in no match, except pass-through ops and Q/DQ or
-    Constant nodes (those are not failures).
+    excluded (so `Conv -> Relu?` can still take the Conv alone). Nodes named in `exclude`
+    (kept float by an earlier pass) are in no match, the same way: a `MatMul -> Add?` whose
+    bias Add must stay float still takes the MatMul. `reasons` maps node name to one
+    sentence for nodes that are in no match, except pass-through ops, Q/DQ or Constant
+    nodes (those are not failures) and the excluded nodes (their caller has the reason).
     """
     graph = _graph_of(ir_or_graph)
     nodes = list(graph.nodes)
+    exclude = set(exclude)
+    excluded = {id(n) for n in nodes if n.name in exclude}
     order = {id(n): i for i, n in enumerate(nodes)}
     graph_outputs = {id(t) for t in graph.outputs}
     pattern_rank = {p.name: i for i, p in enumerate(target.patterns)}
@@ -497,15 +501,17 @@ def match_all(ir_or_graph, target: Target) -> tuple[list[Match], dict[str, str]]
     candidates: list[Match] = []
     failures: dict[int, list[Failure]] = {}
     for node in nodes:
+        if id(node) in excluded:
+            continue
         for matcher in by_op.get(node.op, ()):
-            result = matcher._match(node, graph_outputs, set(), env_cache)
+            result = matcher._match(node, graph_outputs, excluded, env_cache)
             if result:
                 candidates.append(result)
             else:
                 failures.setdefault(id(node), []).append(result)
     candidates.sort(key=lambda m: (-m.benefit, -len(m.nodes), order[id(m.anchor)],
                                    pattern_rank[m.pattern]))
-    taken: set[int] = set()
+    taken: set[int] = set(excluded)
     overlapped: dict[int, str] = {}
     matches: list[Match] = []
     for m in candidates:
