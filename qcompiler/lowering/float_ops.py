@@ -79,12 +79,15 @@ def _elu(x, at):
 
 
 def _softmax(ins, at, log=False):
+    # in float64, rounded once: NumPy's float32 exp (host SIMD) and libm's expf differ in
+    # the last bit on a third of inputs, so a generated C kernel could not reproduce it;
+    # double exp/sum/divide rounded to float32 agree in practice whatever the order
     x = ins[0]
     axis = int(at.get("axis", -1))
-    m = x.max(axis=axis, keepdims=True)
-    e = np.exp(x - m)
+    d = x.astype(np.float64) - x.max(axis=axis, keepdims=True).astype(np.float64)
+    e = np.exp(d)
     s = e.sum(axis=axis, keepdims=True)
-    return [((x - m) - np.log(s)) if log else e / s]
+    return [((d - np.log(s)) if log else e / s).astype(x.dtype)]
 
 
 def _cast(ins, at):
@@ -197,7 +200,9 @@ def _reduce(fn):
         keep = bool(at.get("keepdims", 1))
         if axes is not None and len(axes) == 0 and at.get("noop_with_empty_axes", 0):
             return [ins[0]]
-        out = fn(ins[0], axis=None if not axes else tuple(axes), keepdims=keep)
+        # float sums in float64, rounded once (a C kernel reproduces that in any order)
+        acc = {"dtype": np.float64} if fn in (np.mean, np.sum) and ins[0].dtype == np.float32 else {}
+        out = fn(ins[0], axis=None if not axes else tuple(axes), keepdims=keep, **acc)
         return [np.asarray(out).astype(ins[0].dtype, copy=False)]
     return run
 
@@ -312,7 +317,12 @@ def _batchnorm_f(ins, at):
 
 
 def _matmul_f(ins, at):
-    return [np.matmul(ins[0], ins[1])]
+    a, b = ins[0], ins[1]
+    if a.dtype == np.float32 and b.dtype == np.float32:
+        # float32 products are exact in float64; the sum rounded once does not depend on
+        # the BLAS kernel's order, so generated C reproduces it
+        return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)]
+    return [np.matmul(a, b)]
 
 
 def _gemm_f(ins, at):

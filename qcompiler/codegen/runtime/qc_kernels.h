@@ -871,19 +871,62 @@ static inline void qc_binary(int op, const float* a, const float* b, const qc_bc
   });
 }
 
-/* Softmax / LogSoftmax over the middle axis of [outer, n, inner] */
+/* Softmax / LogSoftmax over the middle axis of [outer, n, inner], in double rounded once
+ * (as the reference computes it: libm's expf and NumPy's float32 exp differ in the last bit) */
 static inline void qc_softmax(const float* x, float* y, ptrdiff_t outer, ptrdiff_t n, ptrdiff_t inner, int log_) {
   ptrdiff_t o, i, j;
   for (o = 0; o < outer; o++)
     for (j = 0; j < inner; j++) {
       const float* xs = x + o * n * inner + j;
       float* ys = y + o * n * inner + j;
-      float m = xs[0], s = 0.0f;
+      float m = xs[0];
+      double s = 0.0;
       for (i = 1; i < n; i++)
         if (xs[i * inner] > m) m = xs[i * inner];
-      for (i = 0; i < n; i++) s += expf(xs[i * inner] - m);
-      for (i = 0; i < n; i++) ys[i * inner] = log_ ? (xs[i * inner] - m) - logf(s) : expf(xs[i * inner] - m) / s;
+      for (i = 0; i < n; i++) s += exp((double)xs[i * inner] - (double)m);
+      for (i = 0; i < n; i++) {
+        double d = (double)xs[i * inner] - (double)m;
+        ys[i * inner] = (float)(log_ ? d - log(s) : exp(d) / s);
+      }
     }
+}
+
+enum { QC_R_MEAN, QC_R_SUM, QC_R_MAX, QC_R_MIN };
+
+/* ReduceMean / Sum / Max / Min over the middle axis of [outer, n, inner]; sums in double */
+static inline void qc_reduce_f(int op, const float* x, float* y, ptrdiff_t outer, ptrdiff_t n, ptrdiff_t inner) {
+  ptrdiff_t o, i, j;
+  for (o = 0; o < outer; o++)
+    for (j = 0; j < inner; j++) {
+      const float* xs = x + o * n * inner + j;
+      double s = 0.0;
+      float m = xs[0];
+      for (i = 0; i < n; i++) {
+        float v = xs[i * inner];
+        s += (double)v;
+        if (op == QC_R_MAX ? v > m : v < m) m = v;
+      }
+      y[o * inner + j] = op == QC_R_MEAN ? (float)(s / (double)n) : (op == QC_R_SUM ? (float)s : m);
+    }
+}
+
+/* float MatMul: y[b] = a[b] (M x K) @ w[b] (K x N) for each of `batches` (offsets in
+ * elements, broadcasting resolved at generation time), summed in double, rounded once */
+static inline void qc_matmul_f(const float* a, const float* w, float* y, const int32_t* aoff, const int32_t* woff,
+                               ptrdiff_t batches, int M, int K, int N) {
+  ptrdiff_t bi;
+  int i, j, k;
+  for (bi = 0; bi < batches; bi++) {
+    const float* ab = a + aoff[bi];
+    const float* wb = w + woff[bi];
+    float* yb = y + bi * (ptrdiff_t)M * N;
+    for (i = 0; i < M; i++)
+      for (j = 0; j < N; j++) {
+        double s = 0.0;
+        for (k = 0; k < K; k++) s += (double)ab[(ptrdiff_t)i * K + k] * (double)wb[(ptrdiff_t)k * N + j];
+        yb[(ptrdiff_t)i * N + j] = (float)s;
+      }
+  }
 }
 
 /* float ConvTranspose (weight [C, OC/G, FH, FW]) as the reference computes it: per group,
