@@ -198,6 +198,31 @@ def matmul(src: Source, node) -> None:
              f"qc_matmul_f({aptr}, {wptr}, {src.ptr(y)}, {ao}, {wo}, {nb}, {m}, {k}, {n});")
 
 
+def lstm(src: Source, node) -> None:
+    from ..lowering.float_ops import lstm_unsupported
+
+    _float_io(src, node)
+    ins = list(node.inputs) + [""] * (8 - len(node.inputs))
+    for i in ins[1:]:
+        if i and i not in src.static:
+            raise unsupported(node, f"dynamic input '{i}'")
+    why = lstm_unsupported(node.attrs, [src.array(i) if i else None for i in ins])
+    if why:
+        raise unsupported(node, why)
+    t, n, i = src.shape(ins[0])
+    dirs, _, hid = src.shape(ins[2])
+    direction = node.attrs.get("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    arg = lambda k: src.const(ins[k], np.asarray(src.array(ins[k]), np.float32), "float") if ins[k] else "NULL"
+    outs = list(node.outputs) + [""] * (3 - len(node.outputs))
+    optr = [src.ptr(o) if o else "NULL" for o in outs]
+    src.need_scratch((2 * n * hid + 4 * hid) * 8)
+    src.emit(f"LSTM {node.name} (float): {t} steps, {dirs} x {hid}",
+             f"qc_lstm({src.ptr(ins[0])}, {arg(1)}, {arg(2)}, {arg(3)}, {arg(7)}, {arg(5)}, {arg(6)}, "
+             f"{optr[0]}, {optr[1]}, {optr[2]}, {t}, {n}, {i}, {hid}, {dirs}, {int(direction == 'reverse')}, "
+             f"(double*)scratch);")
+
+
 def cast(src: Source, node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     if src.dtype(x) != src.dtype(y):
@@ -293,4 +318,4 @@ def emitter(op: str):
     if op in BINARY:
         return binary
     return {"Softmax": softmax, "LogSoftmax": softmax, "Cast": cast, "Concat": concat, "Resize": resize,
-            "Conv": conv, "ConvTranspose": conv, "MatMul": matmul, **{r: reduce for r in REDUCE}}.get(op)
+            "Conv": conv, "ConvTranspose": conv, "MatMul": matmul, "LSTM": lstm, **{r: reduce for r in REDUCE}}.get(op)

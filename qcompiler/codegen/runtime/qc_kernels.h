@@ -929,6 +929,58 @@ static inline void qc_matmul_f(const float* a, const float* w, float* y, const i
   }
 }
 
+/* ONNX LSTM (gates i, o, f, c; layout 0; default activations) as the reference computes
+ * it: state and gates in double, each output rounded to float once. W [D, 4H, I],
+ * R [D, 4H, H], B [D, 8H], P [D, 3H], h0/c0 [D, N, H] may be NULL; y [T, D, N, H] and
+ * yh/yc [D, N, H] may be NULL. ws: 2*N*H + 4*H doubles. dirs 2: bidirectional */
+static inline double qc_sigmoid_d(double v) { return 1.0 / (1.0 + exp(-v)); }
+
+static inline void qc_lstm(const float* x, const float* W, const float* R, const float* B, const float* P,
+                           const float* h0, const float* c0, float* y, float* yh, float* yc, int T, int N, int I,
+                           int H, int dirs, int reverse, double* ws) {
+  int d, s, t, n, j, k, H4 = 4 * H;
+  double *h = ws, *c = ws + (ptrdiff_t)N * H, *g = ws + 2 * (ptrdiff_t)N * H;
+  for (d = 0; d < dirs; d++) {
+    const float* Wd = W + (ptrdiff_t)d * H4 * I;
+    const float* Rd = R + (ptrdiff_t)d * H4 * H;
+    const float* Pd = P ? P + (ptrdiff_t)d * 3 * H : NULL;
+    int rev = dirs == 2 ? d == 1 : reverse;
+    for (k = 0; k < N * H; k++) {
+      h[k] = h0 ? (double)h0[(ptrdiff_t)d * N * H + k] : 0.0;
+      c[k] = c0 ? (double)c0[(ptrdiff_t)d * N * H + k] : 0.0;
+    }
+    for (s = 0; s < T; s++) {
+      t = rev ? T - 1 - s : s;
+      for (n = 0; n < N; n++) {
+        const float* xt = x + ((ptrdiff_t)t * N + n) * I;
+        double* hn = h + (ptrdiff_t)n * H;
+        double* cn = c + (ptrdiff_t)n * H;
+        for (j = 0; j < H4; j++) {
+          double ax = 0.0, ah = 0.0, b = 0.0;
+          if (B) b = (double)B[(ptrdiff_t)d * 2 * H4 + j] + (double)B[(ptrdiff_t)d * 2 * H4 + H4 + j];
+          for (k = 0; k < I; k++) ax += (double)xt[k] * (double)Wd[(ptrdiff_t)j * I + k];
+          for (k = 0; k < H; k++) ah += hn[k] * (double)Rd[(ptrdiff_t)j * H + k];
+          g[j] = (b + ax) + ah;
+        }
+        for (j = 0; j < H; j++) {
+          double pi = Pd ? (double)Pd[j] : 0.0, po = Pd ? (double)Pd[H + j] : 0.0, pf = Pd ? (double)Pd[2 * H + j] : 0.0;
+          double ig = qc_sigmoid_d(g[j] + pi * cn[j]);
+          double fg = qc_sigmoid_d(g[2 * H + j] + pf * cn[j]);
+          double cc = fg * cn[j] + ig * tanh(g[3 * H + j]);
+          double og = qc_sigmoid_d(g[H + j] + po * cc);
+          cn[j] = cc;
+          hn[j] = og * tanh(cc);
+          if (y) y[(((ptrdiff_t)t * dirs + d) * N + n) * H + j] = (float)hn[j];
+        }
+      }
+    }
+    for (k = 0; k < N * H; k++) {
+      if (yh) yh[(ptrdiff_t)d * N * H + k] = (float)h[k];
+      if (yc) yc[(ptrdiff_t)d * N * H + k] = (float)c[k];
+    }
+  }
+}
+
 /* float ConvTranspose (weight [C, OC/G, FH, FW]) as the reference computes it: per group,
  * the float32 products summed over the input channels for every (output channel, tap) at
  * every input pixel (cb: OC/G*FH*FW*H*W floats), then scattered into a double accumulator
