@@ -22,3 +22,16 @@ def test_arm64_under_qemu_bit_exact(model, target, tmp_path):
     lib, tensors, out = run_under_qemu(prog, feeds, tmp_path, target)
     assert compare_all(prog, tensors, feeds) >= 3
     np.testing.assert_array_equal(out, tensors[lib.outputs[0].name])
+
+
+@pytest.mark.parametrize("target", ["arm64", "arm64-dot"])
+@pytest.mark.parametrize("model", ["ppocr_det", "ppocr_rec", "cnn_lstm", "yolox_like"])
+def test_matrix_models_under_qemu_bit_exact(model, target, tmp_path):
+    """The rest of the real-model matrix (bench/bench_targets.py; yolov8n needs the bench
+    extra: bench/codegen_matrix.py covers it): det at 96 x 96, rec at 48 x 160, the CNN+LSTM
+    and the YOLOX-style head, float islands (LSTM, MatMul, Softmax, reductions) included."""
+    prog = program(model, target)
+    feeds = sample(model)
+    lib, tensors, out = run_under_qemu(prog, feeds, tmp_path, target)
+    assert compare_all(prog, tensors, feeds) >= 3
+    np.testing.assert_array_equal(out, tensors[lib.outputs[0].name])
