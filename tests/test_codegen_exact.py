@@ -17,9 +17,10 @@ import pytest
 from codegen_cases import C_FLAGS, MODELS, TARGETS, cache_env, compare_all, program, sample
 from qcompiler.codegen import generate, native, write_library
 from qcompiler.errors import ModelError
+from qcompiler.lowering.interpreter import run_program
 from qcompiler.lowering.lower import lower_to_program
 from qcompiler.target import parse_target
-from qcompiler.lowering.program import Kernel, TensorInfo
+from qcompiler.lowering.program import Kernel, Program, TensorInfo
 from test_lowering_models import LAYOUT_IDS, LAYOUT_TARGETS, inputs, qdq
 
 
@@ -48,6 +49,53 @@ def _check(prog, feeds, cc=None):
 def test_models_bit_exact(model, target):
     prog = program(model, target)
     _check(prog, sample(model))
+
+
+@pytest.mark.parametrize("model", ["ppocr_rec", "cnn_lstm", "yolox_like"])
+def test_matrix_models_bit_exact_x86(model):
+    """The rest of the real-model matrix on x86 (ppocr_det: test_codegen_x86.py): PP-OCRv4
+    rec at 48 x 160 (attention: float MatMul, Softmax, LayerNorm's ReduceMean/Pow/Sqrt, u8
+    Gemm), the CNN+LSTM (a bidirectional float LSTM between integer convs and a Gemm) and
+    the YOLOX-style head (SiLU LUTs, Concat, Reshape, Transpose)."""
+    _check(program(model, "x86"), sample(model))
+
+
+@pytest.mark.parametrize("cc", [None, "clang"])
+def test_float_islands_bit_exact(cc):
+    """Float kernels beyond the models' cases: a reverse LSTM with bias, peepholes and
+    initial state (all three outputs), MatMul with broadcast batch dims, Softmax on a middle
+    axis, reductions over two leading axes and over the last."""
+    rng = np.random.default_rng(3)
+    t, n, i, h = 6, 2, 5, 4
+    consts = {"W": rng.normal(0, .5, (1, 4 * h, i)), "R": rng.normal(0, .5, (1, 4 * h, h)),
+              "B": rng.normal(0, .5, (1, 8 * h)), "h0": rng.normal(0, .5, (1, n, h)),
+              "c0": rng.normal(0, .5, (1, n, h)), "P": rng.normal(0, .5, (1, 3 * h)), "M": rng.normal(0, 1, (3, 1, h, 7))}
+    prog = Program("x86", "single_rounding", "fixed_point", inputs=["x"], outputs=["out", "ymax"],
+                   constants={k: v.astype(np.float32) for k, v in consts.items()})
+    shapes = {"x": [t, n, i], "y": [t, 1, n, h], "yh": [1, n, h], "yc": [1, n, h], "y5": [t, 1, n, 1, h],
+              "mm": [t, 3, n, 1, 7], "sm": [t, 3, n, 1, 7], "out": [1, 1, n, 1, 7], "ymax": [t, 1, n, 1]}
+    prog.tensors = {k: TensorInfo(k, "float32", shape=v) for k, v in shapes.items()}
+    prog.constants["ax"] = np.asarray([t, 1, n, 1, h], np.int64)
+    prog.nodes = [
+        Kernel("LSTM", "lstm", ["x", "W", "R", "B", "", "h0", "c0", "P"], ["y", "yh", "yc"],
+               {"hidden_size": h, "direction": "reverse"}, domain=""),
+        Kernel("Reshape", "r", ["y", "ax"], ["y5"], domain=""),
+        Kernel("MatMul", "mm", ["y5", "M"], ["mm"], domain=""),  # [t,1,n,1,h] @ [3,1,h,7]
+        Kernel("Softmax", "sm", ["mm"], ["sm"], {"axis": 1}, domain=""),
+        Kernel("ReduceMean", "mean", ["sm"], ["out"], {"axes": [0, 1], "keepdims": 1}, domain=""),
+        Kernel("ReduceMax", "max", ["y5"], ["ymax"], {"axes": [-1], "keepdims": 0}, domain=""),
+    ]
+    feeds = {"x": rng.normal(0, 1, (t, n, i)).astype(np.float32)}
+    if cc and shutil.which(cc) is None:
+        pytest.skip(f"{cc} is not installed (.ci/run installs it)")
+    dbg = native.load(prog, {"x": (t, n, i)}, debug=True, cc=cc, flags=C_FLAGS)
+    out = dbg.run(feeds)
+    tensors = {tt.name: dbg.tensor(tt.name) for tt in dbg.lib.tensors}
+    compare_all(prog, tensors, feeds)
+    assert {"y", "yh", "yc", "mm", "sm", "out", "ymax"} <= set(tensors)
+    ref = run_program(prog, feeds)
+    for k in ("out", "ymax"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("target", LAYOUT_TARGETS, ids=LAYOUT_IDS)
@@ -83,10 +131,11 @@ def test_unsupported_op_is_refused_with_its_name(tmp_path):
     prog = program("tiny_convnet", "x86")
     bad = copy.deepcopy(prog)
     out = bad.outputs[0]
-    bad.nodes.append(Kernel("ReduceMean", "mean_node", [out], ["mean"], {"keepdims": 1}, domain=""))
-    bad.tensors["mean"] = TensorInfo("mean", "float32", shape=[1, 1])
-    bad.outputs = ["mean"]
-    with pytest.raises(ModelError, match=r"no kernel for ReduceMean \(node 'mean_node'\)"):
+    bad.constants["gw"] = np.ones((3, 10), np.float32)
+    bad.nodes.append(Kernel("Gemm", "gemm_node", [out, "gw"], ["g"], {"transB": 1}, domain=""))  # float Gemm
+    bad.tensors["g"] = TensorInfo("g", "float32", shape=[1, 3])
+    bad.outputs = ["g"]
+    with pytest.raises(ModelError, match=r"no kernel for Gemm \(node 'gemm_node'\)"):
         lib = generate(bad)
         write_library(lib, tmp_path / "never")
     assert not (tmp_path / "never").exists()

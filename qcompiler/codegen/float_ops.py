@@ -145,6 +145,84 @@ def softmax(src: Source, node) -> None:
              f"qc_softmax({src.ptr(x)}, {src.ptr(y)}, {outer}, {shape[axis]}, {inner}, {int(node.op == 'LogSoftmax')});")
 
 
+REDUCE = {"ReduceMean": "QC_R_MEAN", "ReduceSum": "QC_R_SUM", "ReduceMax": "QC_R_MAX", "ReduceMin": "QC_R_MIN"}
+
+
+def reduce(src: Source, node) -> None:
+    """Reductions over one run of adjacent axes ([outer, n, inner] after merging)."""
+    _float_io(src, node)
+    x, y = node.inputs[0], node.outputs[0]
+    shape = src.shape(x)
+    axes = node.attrs.get("axes")
+    if len(node.inputs) > 1 and node.inputs[1]:
+        if node.inputs[1] not in src.static:
+            raise unsupported(node, "dynamic axes")
+        axes = np.asarray(src.array(node.inputs[1])).reshape(-1).tolist()
+    if not axes:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            raise unsupported(node, "noop_with_empty_axes")
+        axes = list(range(len(shape)))
+    axes = sorted(int(a) + len(shape) if int(a) < 0 else int(a) for a in axes)
+    if axes != list(range(axes[0], axes[-1] + 1)):
+        raise unsupported(node, f"axes {axes} that are not adjacent")
+    outer = int(np.prod(shape[:axes[0]], dtype=np.int64))
+    n = int(np.prod(shape[axes[0]:axes[-1] + 1], dtype=np.int64))
+    inner = int(np.prod(shape[axes[-1] + 1:], dtype=np.int64))
+    src.emit(f"{node.op} {node.name} (float)",
+             f"qc_reduce_f({REDUCE[node.op]}, {src.ptr(x)}, {src.ptr(y)}, {outer}, {n}, {inner});")
+
+
+def matmul(src: Source, node) -> None:
+    """float MatMul with batch broadcasting (both operands at least 2-D)."""
+    _float_io(src, node)
+    a, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ash, wsh, ysh = src.shape(a), src.shape(w), src.shape(y)
+    if len(ash) < 2 or len(wsh) < 2:
+        raise unsupported(node, "a 1-D operand")
+    m, k, n = ash[-2], ash[-1], wsh[-1]
+    if wsh[-2] != k or ysh[-2:] != (m, n):
+        raise unsupported(node, f"shapes {ash} @ {wsh} -> {ysh}")
+    batch = ysh[:-2]
+    nb = int(np.prod(batch, dtype=np.int64))
+
+    def offsets(shape):  # element offset of each output batch's matrix in the operand
+        lead = (1,) * (len(batch) - len(shape[:-2])) + tuple(shape[:-2])
+        idx = np.arange(int(np.prod(lead, dtype=np.int64)), dtype=np.int64).reshape(lead)
+        return (np.broadcast_to(idx, batch).reshape(-1) * shape[-2] * shape[-1]).astype(np.int32)
+
+    ao = src.new_const(offsets(ash).reshape(-1) if nb else np.zeros(1, np.int32), "int32_t")
+    wo = src.new_const(offsets(wsh).reshape(-1) if nb else np.zeros(1, np.int32), "int32_t")
+    wptr = src.const(w, np.asarray(src.array(w), np.float32), "float") if w in src.static else src.ptr(w)
+    aptr = src.const(a, np.asarray(src.array(a), np.float32), "float") if a in src.static else src.ptr(a)
+    src.emit(f"MatMul {node.name} (float): {nb} x {m}x{k} @ {k}x{n}",
+             f"qc_matmul_f({aptr}, {wptr}, {src.ptr(y)}, {ao}, {wo}, {nb}, {m}, {k}, {n});")
+
+
+def lstm(src: Source, node) -> None:
+    from ..lowering.float_ops import lstm_unsupported
+
+    _float_io(src, node)
+    ins = list(node.inputs) + [""] * (8 - len(node.inputs))
+    for i in ins[1:]:
+        if i and i not in src.static:
+            raise unsupported(node, f"dynamic input '{i}'")
+    why = lstm_unsupported(node.attrs, [src.array(i) if i else None for i in ins])
+    if why:
+        raise unsupported(node, why)
+    t, n, i = src.shape(ins[0])
+    dirs, _, hid = src.shape(ins[2])
+    direction = node.attrs.get("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    arg = lambda k: src.const(ins[k], np.asarray(src.array(ins[k]), np.float32), "float") if ins[k] else "NULL"
+    outs = list(node.outputs) + [""] * (3 - len(node.outputs))
+    optr = [src.ptr(o) if o else "NULL" for o in outs]
+    src.need_scratch((2 * n * hid + 4 * hid) * 8)
+    src.emit(f"LSTM {node.name} (float): {t} steps, {dirs} x {hid}",
+             f"qc_lstm({src.ptr(ins[0])}, {arg(1)}, {arg(2)}, {arg(3)}, {arg(7)}, {arg(5)}, {arg(6)}, "
+             f"{optr[0]}, {optr[1]}, {optr[2]}, {t}, {n}, {i}, {hid}, {dirs}, {int(direction == 'reverse')}, "
+             f"(double*)scratch);")
+
+
 def cast(src: Source, node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     if src.dtype(x) != src.dtype(y):
@@ -240,4 +318,4 @@ def emitter(op: str):
     if op in BINARY:
         return binary
     return {"Softmax": softmax, "LogSoftmax": softmax, "Cast": cast, "Concat": concat, "Resize": resize,
-            "Conv": conv, "ConvTranspose": conv}.get(op)
+            "Conv": conv, "ConvTranspose": conv, "MatMul": matmul, "LSTM": lstm, **{r: reduce for r in REDUCE}}.get(op)

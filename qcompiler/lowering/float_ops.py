@@ -79,12 +79,15 @@ def _elu(x, at):
 
 
 def _softmax(ins, at, log=False):
+    # in float64, rounded once: NumPy's float32 exp (host SIMD) and libm's expf differ in
+    # the last bit on a third of inputs, so a generated C kernel could not reproduce it;
+    # double exp/sum/divide rounded to float32 agree in practice whatever the order
     x = ins[0]
     axis = int(at.get("axis", -1))
-    m = x.max(axis=axis, keepdims=True)
-    e = np.exp(x - m)
+    d = x.astype(np.float64) - x.max(axis=axis, keepdims=True).astype(np.float64)
+    e = np.exp(d)
     s = e.sum(axis=axis, keepdims=True)
-    return [((x - m) - np.log(s)) if log else e / s]
+    return [((d - np.log(s)) if log else e / s).astype(x.dtype)]
 
 
 def _cast(ins, at):
@@ -197,7 +200,9 @@ def _reduce(fn):
         keep = bool(at.get("keepdims", 1))
         if axes is not None and len(axes) == 0 and at.get("noop_with_empty_axes", 0):
             return [ins[0]]
-        out = fn(ins[0], axis=None if not axes else tuple(axes), keepdims=keep)
+        # float sums in float64, rounded once (a C kernel reproduces that in any order)
+        acc = {"dtype": np.float64} if fn in (np.mean, np.sum) and ins[0].dtype == np.float32 else {}
+        out = fn(ins[0], axis=None if not axes else tuple(axes), keepdims=keep, **acc)
         return [np.asarray(out).astype(ins[0].dtype, copy=False)]
     return run
 
@@ -312,7 +317,62 @@ def _batchnorm_f(ins, at):
 
 
 def _matmul_f(ins, at):
-    return [np.matmul(ins[0], ins[1])]
+    a, b = ins[0], ins[1]
+    if a.dtype == np.float32 and b.dtype == np.float32:
+        # float32 products are exact in float64; the sum rounded once does not depend on
+        # the BLAS kernel's order, so generated C reproduces it
+        return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.float32)]
+    return [np.matmul(a, b)]
+
+
+def lstm_unsupported(at: dict, ins: list) -> Optional[str]:
+    """Why an LSTM node is outside the implemented form (None when it is inside)."""
+    acts = [a.decode() if isinstance(a, bytes) else a for a in at.get("activations") or []]
+    if acts and [a.lower() for a in acts] != ["sigmoid", "tanh", "tanh"] * (len(acts) // 3):
+        return f"activations {acts}"
+    if at.get("clip") is not None:
+        return "clip"
+    if at.get("input_forget", 0) or at.get("layout", 0):
+        return "input_forget / layout 1"
+    if len(ins) > 4 and ins[4] is not None:
+        return "sequence_lens"
+    return None
+
+
+def _lstm_f(ins, at):
+    """ONNX LSTM (gates i, o, f, c; optional bias, initial state, peepholes) in float64,
+    outputs rounded to float32 once: the state that carries across steps stays double, so
+    a C kernel reproduces it in practice whatever its summation order."""
+    why = lstm_unsupported(at, ins)
+    if why:
+        raise ModelError(f"LSTM with {why} is not implemented in the program interpreter",
+                         "emit qdq (the default) or qop: ONNX Runtime runs it there")
+    ins = list(ins) + [None] * (8 - len(ins))
+    x, w, r = (np.asarray(v, np.float64) for v in ins[:3])
+    t_len, n, _ = x.shape
+    dirs, h4, hid = r.shape
+    direction = at.get("direction", "forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    y = np.zeros((t_len, dirs, n, hid))
+    yh, yc = np.zeros((dirs, n, hid)), np.zeros((dirs, n, hid))
+    for d in range(dirs):
+        b = ins[3][d].astype(np.float64) if ins[3] is not None else np.zeros(2 * h4)
+        h = ins[5][d].astype(np.float64) if ins[5] is not None else np.zeros((n, hid))
+        c = ins[6][d].astype(np.float64) if ins[6] is not None else np.zeros((n, hid))
+        p = ins[7][d].astype(np.float64) if ins[7] is not None else np.zeros(3 * hid)
+        rev = d == 1 or direction == "reverse"
+        for s in range(t_len):
+            t = t_len - 1 - s if rev else s
+            g = b[:h4] + b[h4:] + x[t] @ w[d].T + h @ r[d].T
+            gi, go, gf, gc = (g[:, k * hid:(k + 1) * hid] for k in range(4))
+            i = 1.0 / (1.0 + np.exp(-(gi + p[:hid] * c)))
+            f = 1.0 / (1.0 + np.exp(-(gf + p[2 * hid:] * c)))
+            c = f * c + i * np.tanh(gc)
+            o = 1.0 / (1.0 + np.exp(-(go + p[hid:2 * hid] * c)))
+            h = o * np.tanh(c)
+            y[t, d] = h
+        yh[d], yc[d] = h, c
+    return [y.astype(np.float32), yh.astype(np.float32), yc.astype(np.float32)]
 
 
 def _gemm_f(ins, at):
@@ -507,6 +567,7 @@ FLOAT_OPS: Dict[str, Callable] = {
     "ConvTranspose": _conv_transpose_f,
     "BatchNormalization": _batchnorm_f,
     "MatMul": _matmul_f,
+    "LSTM": _lstm_f,
     "Gemm": _gemm_f,
     "Softmax": lambda ins, at: _softmax(ins, at),
     "LogSoftmax": lambda ins, at: _softmax(ins, at, log=True),

@@ -871,19 +871,114 @@ static inline void qc_binary(int op, const float* a, const float* b, const qc_bc
   });
 }
 
-/* Softmax / LogSoftmax over the middle axis of [outer, n, inner] */
+/* Softmax / LogSoftmax over the middle axis of [outer, n, inner], in double rounded once
+ * (as the reference computes it: libm's expf and NumPy's float32 exp differ in the last bit) */
 static inline void qc_softmax(const float* x, float* y, ptrdiff_t outer, ptrdiff_t n, ptrdiff_t inner, int log_) {
   ptrdiff_t o, i, j;
   for (o = 0; o < outer; o++)
     for (j = 0; j < inner; j++) {
       const float* xs = x + o * n * inner + j;
       float* ys = y + o * n * inner + j;
-      float m = xs[0], s = 0.0f;
+      float m = xs[0];
+      double s = 0.0;
       for (i = 1; i < n; i++)
         if (xs[i * inner] > m) m = xs[i * inner];
-      for (i = 0; i < n; i++) s += expf(xs[i * inner] - m);
-      for (i = 0; i < n; i++) ys[i * inner] = log_ ? (xs[i * inner] - m) - logf(s) : expf(xs[i * inner] - m) / s;
+      for (i = 0; i < n; i++) s += exp((double)xs[i * inner] - (double)m);
+      for (i = 0; i < n; i++) {
+        double d = (double)xs[i * inner] - (double)m;
+        ys[i * inner] = (float)(log_ ? d - log(s) : exp(d) / s);
+      }
     }
+}
+
+enum { QC_R_MEAN, QC_R_SUM, QC_R_MAX, QC_R_MIN };
+
+/* ReduceMean / Sum / Max / Min over the middle axis of [outer, n, inner]; sums in double */
+static inline void qc_reduce_f(int op, const float* x, float* y, ptrdiff_t outer, ptrdiff_t n, ptrdiff_t inner) {
+  ptrdiff_t o, i, j;
+  for (o = 0; o < outer; o++)
+    for (j = 0; j < inner; j++) {
+      const float* xs = x + o * n * inner + j;
+      double s = 0.0;
+      float m = xs[0];
+      for (i = 0; i < n; i++) {
+        float v = xs[i * inner];
+        s += (double)v;
+        if (op == QC_R_MAX ? v > m : v < m) m = v;
+      }
+      y[o * inner + j] = op == QC_R_MEAN ? (float)(s / (double)n) : (op == QC_R_SUM ? (float)s : m);
+    }
+}
+
+/* float MatMul: y[b] = a[b] (M x K) @ w[b] (K x N) for each of `batches` (offsets in
+ * elements, broadcasting resolved at generation time), summed in double, rounded once */
+static inline void qc_matmul_f(const float* a, const float* w, float* y, const int32_t* aoff, const int32_t* woff,
+                               ptrdiff_t batches, int M, int K, int N) {
+  ptrdiff_t bi;
+  int i, j, k;
+  for (bi = 0; bi < batches; bi++) {
+    const float* ab = a + aoff[bi];
+    const float* wb = w + woff[bi];
+    float* yb = y + bi * (ptrdiff_t)M * N;
+    for (i = 0; i < M; i++)
+      for (j = 0; j < N; j++) {
+        double s = 0.0;
+        for (k = 0; k < K; k++) s += (double)ab[(ptrdiff_t)i * K + k] * (double)wb[(ptrdiff_t)k * N + j];
+        yb[(ptrdiff_t)i * N + j] = (float)s;
+      }
+  }
+}
+
+/* ONNX LSTM (gates i, o, f, c; layout 0; default activations) as the reference computes
+ * it: state and gates in double, each output rounded to float once. W [D, 4H, I],
+ * R [D, 4H, H], B [D, 8H], P [D, 3H], h0/c0 [D, N, H] may be NULL; y [T, D, N, H] and
+ * yh/yc [D, N, H] may be NULL. ws: 2*N*H + 4*H doubles. dirs 2: bidirectional */
+static inline double qc_sigmoid_d(double v) { return 1.0 / (1.0 + exp(-v)); }
+
+static inline void qc_lstm(const float* x, const float* W, const float* R, const float* B, const float* P,
+                           const float* h0, const float* c0, float* y, float* yh, float* yc, int T, int N, int I,
+                           int H, int dirs, int reverse, double* ws) {
+  int d, s, t, n, j, k, H4 = 4 * H;
+  double *h = ws, *c = ws + (ptrdiff_t)N * H, *g = ws + 2 * (ptrdiff_t)N * H;
+  for (d = 0; d < dirs; d++) {
+    const float* Wd = W + (ptrdiff_t)d * H4 * I;
+    const float* Rd = R + (ptrdiff_t)d * H4 * H;
+    const float* Pd = P ? P + (ptrdiff_t)d * 3 * H : NULL;
+    int rev = dirs == 2 ? d == 1 : reverse;
+    for (k = 0; k < N * H; k++) {
+      h[k] = h0 ? (double)h0[(ptrdiff_t)d * N * H + k] : 0.0;
+      c[k] = c0 ? (double)c0[(ptrdiff_t)d * N * H + k] : 0.0;
+    }
+    for (s = 0; s < T; s++) {
+      t = rev ? T - 1 - s : s;
+      for (n = 0; n < N; n++) {
+        const float* xt = x + ((ptrdiff_t)t * N + n) * I;
+        double* hn = h + (ptrdiff_t)n * H;
+        double* cn = c + (ptrdiff_t)n * H;
+        for (j = 0; j < H4; j++) {
+          double ax = 0.0, ah = 0.0, b = 0.0;
+          if (B) b = (double)B[(ptrdiff_t)d * 2 * H4 + j] + (double)B[(ptrdiff_t)d * 2 * H4 + H4 + j];
+          for (k = 0; k < I; k++) ax += (double)xt[k] * (double)Wd[(ptrdiff_t)j * I + k];
+          for (k = 0; k < H; k++) ah += hn[k] * (double)Rd[(ptrdiff_t)j * H + k];
+          g[j] = (b + ax) + ah;
+        }
+        for (j = 0; j < H; j++) {
+          double pi = Pd ? (double)Pd[j] : 0.0, po = Pd ? (double)Pd[H + j] : 0.0, pf = Pd ? (double)Pd[2 * H + j] : 0.0;
+          double ig = qc_sigmoid_d(g[j] + pi * cn[j]);
+          double fg = qc_sigmoid_d(g[2 * H + j] + pf * cn[j]);
+          double cc = fg * cn[j] + ig * tanh(g[3 * H + j]);
+          double og = qc_sigmoid_d(g[H + j] + po * cc);
+          cn[j] = cc;
+          hn[j] = og * tanh(cc);
+          if (y) y[(((ptrdiff_t)t * dirs + d) * N + n) * H + j] = (float)hn[j];
+        }
+      }
+    }
+    for (k = 0; k < N * H; k++) {
+      if (yh) yh[(ptrdiff_t)d * N * H + k] = (float)h[k];
+      if (yc) yc[(ptrdiff_t)d * N * H + k] = (float)c[k];
+    }
+  }
 }
 
 /* float ConvTranspose (weight [C, OC/G, FH, FW]) as the reference computes it: per group,
