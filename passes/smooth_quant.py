@@ -11,7 +11,7 @@ A model without attention (every CNN) is left exactly as it was.
 
 from __future__ import annotations
 
-from qcompiler.pipeline.options import Option
+from qcompiler.pipeline.options import PROGRESS_OPTION, Option
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.smoothing import apply_smoothing, channel_absmax, smoothable_groups, smoothing_scales
 from qcompiler.quant.transformer import attention_softmaxes
@@ -21,11 +21,13 @@ from qcompiler.quant.transformer import attention_softmaxes
 class SmoothQuant(Pass):
     """Per-channel smoothing of attention models' MatMul inputs into their weights."""
 
-    config = {"smooth_alpha": Option(float, 0.75, "share of the activation outliers moved into the weights (0..1)")}
+    config = {"smooth_alpha": Option(float, 0.75, "share of the activation outliers moved into the weights (0..1)"),
+              "progress": PROGRESS_OPTION}
 
     def run(self, ir, ctx) -> bool:
         rep = ctx.pass_report(self.name)
-        alpha = self.settings(ctx).smooth_alpha
+        cfg = self.settings(ctx)
+        alpha = cfg.smooth_alpha
         if not 0.0 <= alpha <= 1.0:
             from qcompiler.errors import UsageError
 
@@ -40,7 +42,7 @@ class SmoothQuant(Pass):
         if not groups:
             rep["skipped"] = "no MatMul with a constant weight"
             return False
-        scales = smoothing_scales(ir, groups, channel_absmax(ir, groups, ctx.calib()), alpha)
+        scales = smoothing_scales(ir, groups, channel_absmax(ir, groups, ctx.calib(), progress=cfg.progress), alpha)
         how = apply_smoothing(ir, groups, scales)
         rep.update(alpha=alpha, smoothed=len(how), matmuls=sum(len(groups[k]) for k in how),
                    folded=sum(1 for v in how.values() if v.startswith("folded")))

@@ -57,10 +57,10 @@ class _ChannelAbsMax:
             self.value = m if self.value is None else np.maximum(self.value, m)
 
 
-def channel_absmax(ir, groups: Dict[str, List], batches: Iterable) -> Dict[str, np.ndarray]:
+def channel_absmax(ir, groups: Dict[str, List], batches: Iterable, progress: bool = False) -> Dict[str, np.ndarray]:
     """max |x| per last-axis channel of each group's input, over the calibration batches."""
     observers = {name: _ChannelAbsMax() for name in groups}
-    observe_session(ir, list(groups), batches, observers)
+    observe_session(ir, list(groups), batches, observers, progress=progress)
     return {name: o.value for name, o in observers.items() if o.value is not None}
 
 
