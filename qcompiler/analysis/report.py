@@ -127,6 +127,9 @@ def low_sqnr_warning(report: Dict, model: str = "MODEL") -> str | None:
 
 def summarize(report: Dict) -> List[str]:
     lines = []
+    auto = report.get("mode_auto")
+    if auto:
+        lines.append(f"mode auto: {auto['chosen']} ({auto['why']})")
     q = report.get("quantization", {})
     if q:
         lines.append(f"INT8 kernels: {q.get('kernels', 0)}   float nodes: {q.get('float_nodes', 0)}   "

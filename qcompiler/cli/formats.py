@@ -35,7 +35,8 @@ BUILD_OPTIONS = [
     click.option("--mode", type=click.Choice(["static", "dynamic", "import", "auto"]), default=None,
                  help="static: calibrated Q/DQ (default); dynamic: int8 MatMul/Gemm/LSTM weights, activations "
                       "quantized at run time (no --calib); import: keep the scales of a model that already holds "
-                      "Q/DQ nodes and re-target it (no --calib); auto: import when the model holds Q/DQ."),
+                      "Q/DQ nodes and re-target it (no --calib); auto: import when the model holds Q/DQ, else "
+                      "static, or dynamic where static's held-out SQNR is below --warn-sqnr and dynamic's is higher."),
     click.option("--weight-dtype", type=click.Choice(["int8", "int4"]), default=None,
                  help="Weight type of every Conv/Gemm/MatMul kernel (int4: opset 21; where the target allows).",),
     click.option("--activation-dtype", type=click.Choice(["int8", "uint8", "int16"]), default=None,

@@ -98,6 +98,13 @@ def build(
     for plugin in plugins:
         load_plugin(plugin)
     options = dict(options or {})
+    if (options.get("mode") == "auto" and calib is not None and pipeline is None
+            and options.get("emit", "qdq") in ("qdq", "qop")):
+        from .auto_mode import build_auto  # static, or dynamic where static collapses
+
+        return build_auto(build, split_holdout, model, target, calib, options, calib_samples=calib_samples, batch_size=batch_size,
+                          preprocess=preprocess, add_passes=add_passes, dump_dir=dump_dir,
+                          pass_options=pass_options, keep_going=keep_going, echo=echo)
     if target is None and (calib is not None or options.get("data_free") or options.get("mode")):
         target = "x86"
     if target == "x86":

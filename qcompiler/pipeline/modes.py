@@ -10,7 +10,9 @@ dynamic` or `mode: import` runs the passes those need, in the right places.
   (place-qdq, fold-requant[, lower-layout]); no calibration;
 - `mode: "auto"` (what prepare_build does when no mode is given and it sees the model):
   a model that already holds Q/DQ nodes is imported; one in QOperator or integer form
-  stops with a message saying what it is; anything else is static.
+  stops with a message saying what it is; anything else is static. Given explicitly with
+  calibration data, the driver (qcompiler.driver.auto_mode) also builds dynamic when the
+  static build's held-out SQNR is below `warn_sqnr`, and keeps the better.
 - int4 / int16 (`weight_dtype`, `activation_dtype`, `layer_dtypes`): `min_opset: 21`.
 
 An explicit `--pipeline` is the user's word: it is left as it is (the options still
