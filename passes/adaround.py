@@ -143,11 +143,12 @@ class _Layer:
 
 def _layers(ir, plan):
     tensors = ir.tensors()
+    nodes = {n.name: n for n in ir.graph.nodes}
     layers, skipped, seen = [], {}, set()
     for k in plan.kernels:
         if k.weight is None or k.weight not in ir.ann.qparams or k.weight in seen:
             continue
-        anchor = ir.node(k.nodes[0])
+        anchor = nodes[k.nodes[0]]
         w = ir.const_value(tensors[k.weight])
         view, why = layer_view(anchor, w)
         if view is None:

@@ -100,11 +100,12 @@ def _explicit_clamps(ir, target, imp) -> int:
     if not target.scheme("activation").symmetric:
         return 0
     count = 0
+    tensors = ir.tensors()  # the Relus inserted below add tensors that are never looked up here
     for name in list(imp.activations):
         qp = imp.activations[name]
         if qp.axis is not None or int(qp.zero_point) != qp.qmin:
             continue
-        t = ir.tensors().get(name)
+        t = tensors.get(name)
         if t is None or ir.is_graph_input(t):
             continue
         prod = ir.producer(t)
@@ -262,6 +263,7 @@ def _activations(ir, target, imp, quantized: Set[str], kernels):
 def _weights(ir, target, imp, kernels):
     notes: List[str] = []
     tensors = ir.tensors()
+    nodes = {n.name: n for n in ir.graph.nodes}
     kept = 0
     reasons: Dict[str, int] = {}
     done = set()
@@ -271,7 +273,7 @@ def _weights(ir, target, imp, kernels):
         done.add(k.weight)
         iw = imp.weights[k.weight]
         w = ir.const_value(tensors[k.weight])
-        anchor = ir.node(k.nodes[0])
+        anchor = nodes[k.nodes[0]]
         ts = target.scheme("weight", k.op)
         axis = weight_axis(k.op, anchor.attrs, w.ndim) if ts.per_channel else None
         base = to_quant_scheme(ts, axis)

@@ -119,12 +119,13 @@ def _quantize_constant_operands(ir, plan: Plan, target, rounding: str) -> int:
 
 def _quantize_params(ir, plan: Plan, target, rounding: str):
     tensors = ir.tensors()
+    nodes = {n.name: n for n in ir.graph.nodes}  # node names are unique in the IR
     done = {}
     weights = biases = 0
     for k in plan.kernels:
         if k.weight is None or k.weight not in ir.ann.qparams:
             continue
-        anchor = next(n for n in ir.graph.nodes if n.name == k.nodes[0])
+        anchor = nodes[k.nodes[0]]
         w_t = tensors[k.weight]
         w = ir.const_value(w_t)
         wqp = ir.ann.qparams[k.weight]

@@ -294,10 +294,8 @@ def ensure_opset(ir, opset: int) -> bool:
     return True
 
 
-def _weight_scheme(ir, target, kernel, dtype: str) -> QuantScheme:
+def _weight_scheme(target, kernel, anchor, w, dtype: str) -> QuantScheme:
     ts = target.scheme("weight", kernel.op)
-    anchor = ir.node(kernel.nodes[0])
-    w = ir.const_value(ir.tensors()[kernel.weight])
     axis = weight_axis(kernel.op, anchor.attrs, w.ndim) if ts.per_channel else None
     base = to_quant_scheme(ts, axis)
     return QuantScheme(dtype, base.symmetric, base.axis, base.narrow, base.reduce_range)
@@ -321,6 +319,7 @@ def apply_precision(ir, ctx, plan: Optional[Plan] = None, weights_only: bool = F
     need = max(OPSET_FOR_DTYPE.get(d, 13) for c in choices.values() for d in c.values())
     upgraded = ensure_opset(ir, need)
     tensors = ir.tensors()
+    nodes = {n.name: n for n in ir.graph.nodes}  # one lookup table, not a graph scan per kernel
     by_kernel = {k.name: k for k in plan.kernels}
     wsum: Dict[str, int] = {}
     for kname, choice in choices.items():
@@ -329,7 +328,7 @@ def apply_precision(ir, ctx, plan: Optional[Plan] = None, weights_only: bool = F
         if dt is None or k.weight is None:
             continue
         w = ir.const_value(tensors[k.weight])
-        scheme = _weight_scheme(ir, target, k, dt)
+        scheme = _weight_scheme(target, k, nodes[k.nodes[0]], w, dt)
         method = req.weight_range or ("mse" if scheme.bits <= 4 else "minmax")
         qp = weight_qparams(w, scheme, method)
         ir.ann.qspec[k.weight] = scheme
