@@ -113,6 +113,12 @@ def tensor_losses(int8: onnx.ModelProto, qparams: Dict, batch: Dict[str, np.ndar
     return rows[:worst]
 
 
+def worst_sqnr(acc: Dict | None) -> float | None:
+    """The lowest output SQNR of an accuracy entry (output_error's result), None without one."""
+    sq = [o["sqnr_db"] for o in ((acc or {}).get("outputs") or {}).values() if o.get("sqnr_db") is not None]
+    return min(sq) if sq else None
+
+
 def low_sqnr_warning(report: Dict, model: str = "MODEL") -> str | None:
     """One warning line when the build's output SQNR fell below the threshold."""
     low = report.get("accuracy", {}).get("low_sqnr")

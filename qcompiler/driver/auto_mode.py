@@ -34,12 +34,13 @@ def build_auto(build, split_holdout, model, target, calib, options: Dict, **kwar
     from qcompiler.ir import read_model
     from qcompiler.pipeline.modes import detect_mode
 
-    proto = model if hasattr(model, "graph") else read_model(model, lazy=False)
+    # lazy: op types and initializer names decide; the weights are read only to compare dynamic
+    proto = model if hasattr(model, "graph") else read_model(model, lazy=True)
     if detect_mode(proto) != "static":
         return build(model, target, calib=calib, options={**options, "mode": "import"}, **kwargs)
     static = build(model, target, calib=calib, options={**options, "mode": "static"}, **kwargs)
     threshold = float(options.get("warn_sqnr", 20.0))
-    s_sqnr = _worst_sqnr(static.report.get("accuracy"))
+    s_sqnr = rpt.worst_sqnr(static.report.get("accuracy"))
     choice = {"threshold_db": threshold, "static": {"sqnr_db": s_sqnr}}
     if s_sqnr is None:
         choice.update(chosen="static", why="no held-out error measured (evaluate is off or emit is program/c)")
@@ -52,8 +53,9 @@ def build_auto(build, split_holdout, model, target, calib, options: Dict, **kwar
         source = static.calib if callable(static.calib) else None
         eval_part = split_holdout(source)[1] if source is not None else None
         batches = (eval_part or source)()
-        d = rpt.output_error(proto, dynamic.model, batches)
-        d_sqnr = _worst_sqnr(d)
+        fp32 = model if hasattr(model, "graph") else read_model(model)
+        d = rpt.output_error(fp32, dynamic.model, batches)
+        d_sqnr = rpt.worst_sqnr(d)
         choice["dynamic"] = {"sqnr_db": d_sqnr}
         if d_sqnr is not None and d_sqnr > s_sqnr:
             choice.update(chosen="dynamic", why=f"static collapses ({s_sqnr:.2f} dB < {threshold:g} dB); "
@@ -65,8 +67,3 @@ def build_auto(build, split_holdout, model, target, calib, options: Dict, **kwar
     static.report["mode_auto"] = choice
     return static
 
-
-def _worst_sqnr(acc):
-    """The lowest output SQNR of a report's accuracy entry (None when there is none)."""
-    sq = [o["sqnr_db"] for o in ((acc or {}).get("outputs") or {}).values() if o.get("sqnr_db") is not None]
-    return min(sq) if sq else None

@@ -102,9 +102,9 @@ def build(
             and options.get("emit", "qdq") in ("qdq", "qop")):
         from .auto_mode import build_auto  # static, or dynamic where static collapses
 
-        return build_auto(build, split_holdout, model, target, calib, options, calib_samples=calib_samples, batch_size=batch_size,
-                          preprocess=preprocess, add_passes=add_passes, dump_dir=dump_dir,
-                          pass_options=pass_options, keep_going=keep_going, echo=echo)
+        return build_auto(build, split_holdout, model, target, calib, options, calib_samples=calib_samples,
+                          batch_size=batch_size, preprocess=preprocess, add_passes=add_passes,
+                          dump_dir=dump_dir, pass_options=pass_options, keep_going=keep_going, echo=echo)
     if target is None and (calib is not None or options.get("data_free") or options.get("mode")):
         target = "x86"
     if target == "x86":
@@ -236,12 +236,12 @@ def _flag_low_sqnr(ctx, ir, int8: onnx.ModelProto, acc: dict, batch) -> None:
     from qcompiler.analysis import report as rpt
 
     threshold = float(ctx.option("warn_sqnr", 20.0))
-    sq = [o["sqnr_db"] for o in acc.get("outputs", {}).values() if o.get("sqnr_db") is not None]
-    if not sq or min(sq) >= threshold or batch is None:
+    worst_db = rpt.worst_sqnr(acc)
+    if worst_db is None or worst_db >= threshold or batch is None:
         return
     producers = {o.name: n.name for n in ir.graph.nodes for o in n.outputs}
     worst = rpt.tensor_losses(int8, ir.ann.qparams, batch, producers)
-    acc["low_sqnr"] = {"sqnr_db": min(sq), "threshold": threshold, "worst_tensors": worst}
+    acc["low_sqnr"] = {"sqnr_db": worst_db, "threshold": threshold, "worst_tensors": worst}
 
 
 def _unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:

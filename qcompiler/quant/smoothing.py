@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List
 
 import numpy as np
 
+from .observers import MinMaxObserver
 from .session import observe_session
 
 # a channel that is (near) zero everywhere gets no scale: nothing to flatten, nothing to move
@@ -43,25 +44,16 @@ def smoothable_groups(ir) -> Dict[str, List]:
     return groups
 
 
-class _ChannelAbsMax:
-    """Running max of |x| over every axis but the last."""
-
-    def __init__(self) -> None:
-        self.value = None
-
-    def update(self, x) -> None:
-        a = np.abs(np.asarray(x, dtype=np.float32))
-        m = a.reshape(-1, a.shape[-1]).max(axis=0) if a.size else None
-        if m is not None:
-            m = np.where(np.isfinite(m), m, 0.0)
-            self.value = m if self.value is None else np.maximum(self.value, m)
-
-
 def channel_absmax(ir, groups: Dict[str, List], batches: Iterable, progress: bool = False) -> Dict[str, np.ndarray]:
     """max |x| per last-axis channel of each group's input, over the calibration batches."""
-    observers = {name: _ChannelAbsMax() for name in groups}
+    observers = {name: MinMaxObserver(axis=-1) for name in groups}  # finite values only, per channel
     observe_session(ir, list(groups), batches, observers, progress=progress)
-    return {name: o.value for name, o in observers.items() if o.value is not None}
+    out = {}
+    for name, o in observers.items():
+        lo, hi = o.range()
+        if lo.size:
+            out[name] = np.maximum(-lo, hi)
+    return out
 
 
 def smoothing_scales(ir, groups: Dict[str, List], absmax: Dict[str, np.ndarray], alpha: float) -> Dict[str, np.ndarray]:
