@@ -152,9 +152,10 @@ def test_cuda_facts():
 
 def test_pipelines_are_the_standard_order():
     std = ["canonicalize", "fold-bn", "fuse-conv-bias-act", "attention-mask", "smooth-quant",
-           "transformer-placement", "insert-observers", "calibrate",
+           "transformer-placement", "float-elementwise-chains", "insert-observers", "calibrate",
            "unify-concat-scales", "place-qdq", "fold-requant", "quantize-gather", "lower-layout"]
-    optional = {"quantize-gather", "lower-layout"}  # storage and layout steps a runtime may not take
+    # storage and layout steps a runtime may not take; chains only where elementwise ops are INT8
+    optional = {"quantize-gather", "lower-layout", "float-elementwise-chains"}
     for name in SHIPPED:
         pipe = list(load_target(name).pipeline)
         assert [p for p in std if p in pipe] == pipe, name  # the standard order, nothing else

@@ -301,10 +301,10 @@ def conv(src: Source, node) -> None:
           f"{ys[2]}, {ys[3]}"
     if transpose:
         acc = -(-(ys[1] * ys[2] * ys[3] * 8) // 64) * 64
-        src.need_scratch(acc + ws[1] * kh * kw * xs[2] * xs[3] * 4)
+        src.need_scratch(acc + ws[1] * kh * kw * xs[2] * xs[3] * 8)  # double column sums
         src.emit(f"ConvTranspose {node.name} (float)",
                  f"qc_conv_transpose_f({src.ptr(x)}, {wsym}, {bsym}, {geo}, (double*)scratch, "
-                 f"(float*)(scratch + {acc}), {src.ptr(y)});")
+                 f"(double*)(scratch + {acc}), {src.ptr(y)});")
     else:
         src.emit(f"Conv {node.name} (float): {kh}x{kw}/{sh}",
                  f"qc_conv_f({src.ptr(x)}, {wsym}, {bsym}, {geo}, {src.ptr(y)});")

@@ -265,7 +265,8 @@ def _conv_f(ins, at):
 
 
 def _conv_transpose_f(ins, at):
-    x, w = ins[0].astype(np.float32), ins[1].astype(np.float32)
+    # float32 values, products and sums in float64, one rounding to float32 (as the C kernel)
+    x, w = ins[0].astype(np.float32).astype(np.float64), ins[1].astype(np.float32).astype(np.float64)
     b = ins[2] if len(ins) > 2 and ins[2] is not None else None
     g = int(at.get("group", 1))
     n, c, h, wd = x.shape

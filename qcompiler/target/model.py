@@ -128,6 +128,9 @@ class Placement:
     matmul_float_output: the target runs a MatMul/Gemm with int8 inputs and a float output
         (ONNX Runtime: MatMulIntegerToFloat, QGemm); transformer-placement then leaves the
         outputs that no integer kernel reads float.
+    float_elementwise_depth: a region of connected elementwise kernels whose values are
+        rounded this many times or more in a row runs in float instead (pass
+        float-elementwise-chains); 0: never.
     """
 
     quantize_weighted_outputs: bool = True
@@ -135,6 +138,7 @@ class Placement:
     residual_add: str = "quantize_both"
     qdq_per_consumer: bool = False
     matmul_float_output: bool = False
+    float_elementwise_depth: int = 0
 
 
 # --------------------------------------------------------------------------- patterns

@@ -68,7 +68,11 @@ PLACEMENT_KEYS: dict[str, tuple[str, ...]] = {
     "residual_add": ("quantize_both", "quantize_skip_only"),
     "qdq_per_consumer": ("false", "true"),
     "matmul_float_output": ("false", "true"),
+    "float_elementwise_depth": ("0",),  # an integer >= 0 (PLACEMENT_INT_KEYS)
 }
+
+#: placement keys whose value is an integer >= 0 (their PLACEMENT_KEYS entry is the default)
+PLACEMENT_INT_KEYS = frozenset({"float_elementwise_depth"})
 
 STATEMENT_KEYWORDS = (
     "activation", "weight", "bias", "rounding", "calibration", "requant", "accumulator", "pattern", "drop",

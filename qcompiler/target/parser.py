@@ -506,6 +506,11 @@ class _Builder:
                              "placement rules: " + ", ".join(N.PLACEMENT_KEYS))
             allowed = N.PLACEMENT_KEYS[key]
             value = str(val_tok)
+            if key in N.PLACEMENT_INT_KEYS:
+                if not value.isdigit():
+                    self.fail(val_tok, f"{key} takes an integer >= 0, got '{value}'")
+                out.append(Stmt("placement", key, int(value), self.pos(item)))
+                continue
             if value not in allowed:
                 self.fail(val_tok, f"{key} takes {' or '.join(allowed)}, got '{value}'"
                                    f"{N.did_you_mean(value, allowed)}")

@@ -987,26 +987,26 @@ static inline void qc_lstm(const float* x, const float* W, const float* R, const
  * of the cropped output (acc: OC*Ho*Wo doubles), then the bias */
 static inline void qc_conv_transpose_f(const float* x, const float* w, const float* b, int N, int C, int H, int W,
                                        int OC, int G, int FH, int FW, int sh, int sw, int dh, int dw, int pt,
-                                       int pl, int Ho, int Wo, double* acc, float* cb, float* y) {
+                                       int pl, int Ho, int Wo, double* acc, double* cb, float* y) {
   int icg = C / G, ocg = OC / G, n, grp, ic, ih, iw, o, i, j, col, ncol = ocg * FH * FW;
   ptrdiff_t P = (ptrdiff_t)Ho * Wo, HW = (ptrdiff_t)H * W, k;
   for (n = 0; n < N; n++) {
     for (k = 0; k < (ptrdiff_t)OC * P; k++) acc[k] = 0.0;
     for (grp = 0; grp < G; grp++) {
-      for (k = 0; k < (ptrdiff_t)ncol * HW; k++) cb[k] = 0.0f;
+      for (k = 0; k < (ptrdiff_t)ncol * HW; k++) cb[k] = 0.0;
       for (ic = 0; ic < icg; ic++) {
         const float* xp = x + ((ptrdiff_t)n * C + grp * icg + ic) * HW;
         const float* wk = w + (ptrdiff_t)(grp * icg + ic) * ncol;
         for (col = 0; col < ncol; col++) {
-          float wv = wk[col];
-          float* c = cb + (ptrdiff_t)col * HW;
-          for (k = 0; k < HW; k++) c[k] += xp[k] * wv;
+          double wv = wk[col]; /* float32 products are exact in double */
+          double* c = cb + (ptrdiff_t)col * HW;
+          for (k = 0; k < HW; k++) c[k] += (double)xp[k] * wv;
         }
       }
       for (o = 0; o < ocg; o++)
         for (i = 0; i < FH; i++)
           for (j = 0; j < FW; j++) {
-            const float* c = cb + ((ptrdiff_t)(o * FH + i) * FW + j) * HW;
+            const double* c = cb + ((ptrdiff_t)(o * FH + i) * FW + j) * HW;
             double* a = acc + (ptrdiff_t)(grp * ocg + o) * P;
             int c0 = j * dw - pl, iw0 = 0, iw1 = W; /* input columns landing inside the output */
             if (c0 < 0) iw0 = (-c0 + sw - 1) / sw;
@@ -1016,7 +1016,7 @@ static inline void qc_conv_transpose_f(const float* x, const float* w, const flo
               int oh = ih * sh + i * dh - pt;
               double* ar = a + (ptrdiff_t)oh * Wo + c0;
               if (oh < 0 || oh >= Ho) continue;
-              for (iw = iw0; iw < iw1; iw++) ar[(ptrdiff_t)iw * sw] += (double)c[(ptrdiff_t)ih * W + iw];
+              for (iw = iw0; iw < iw1; iw++) ar[(ptrdiff_t)iw * sw] += c[(ptrdiff_t)ih * W + iw];
             }
           }
     }
