@@ -21,7 +21,7 @@ from qcompiler.quant.transformer import attention_softmaxes
 class SmoothQuant(Pass):
     """Per-channel smoothing of attention models' MatMul inputs into their weights."""
 
-    config = {"smooth_alpha": Option(float, 0.75, "share of the activation outliers moved into the weights (0..1)"),
+    config = {"smooth_alpha": Option(float, 0.85, "share of the activation outliers moved into the weights (0..1)"),
               "progress": PROGRESS_OPTION}
 
     def run(self, ir, ctx) -> bool:
@@ -31,7 +31,7 @@ class SmoothQuant(Pass):
         if not 0.0 <= alpha <= 1.0:
             from qcompiler.errors import UsageError
 
-            raise UsageError(f"smooth_alpha must be in [0, 1], got {alpha}", "use e.g. smooth_alpha=0.75")
+            raise UsageError(f"smooth_alpha must be in [0, 1], got {alpha}", "use e.g. smooth_alpha=0.85")
         if not attention_softmaxes(ir):
             rep["skipped"] = "no attention block"
             return False
