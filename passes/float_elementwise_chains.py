@@ -13,14 +13,24 @@ deep (the target's placement rule; 0 = never) is recorded in `notes["forced_floa
 insert-observers plans no kernel over it, so it runs in float between one QuantizeLinear
 and the next, at the cost of float elementwise ops (the measurements that chose x86's
 depth are in docs/accuracy.md).
+
+A float region then loses what float arithmetic does not need (exact algebra, float
+rounding aside): constant Muls in a row merge, a constant scalar Mul moves behind a
+constant Add (`x * s + d = (x + d / s) * s`), and a constant Mul that only a Conv reads
+folds into the conv's weights (zero padding stays zero), a constant Add into the bias of
+a conv without padding. PP-OCRv4's `x * clip(x + 3, 0, 6) / 6 * a + b -> Conv` keeps
+`x * clip(x + 3, 0, 6) + d` in float.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Set
+
+import numpy as np
 
 from qcompiler.pipeline.options import Option
 from qcompiler.pipeline.registry import Pass, register_pass
+from qcompiler.rewrite import rewrite
 
 #: ops that compute elementwise on their inputs (with broadcasting) and have no weights
 ELEMENTWISE = frozenset({
@@ -56,7 +66,11 @@ class FloatElementwiseChains(Pass):
             for node in region:
                 forced.setdefault(node.name, f"elementwise chain rounded {depth} times in INT8 "
                                              f"(target: float from {depth_limit}): kept float")
-        rep.update(regions=len(regions), float_regions=kept,
+        mine = {n.name for r, d in zip(regions, depths) if d >= depth_limit for n in r}
+        folded = fold_float_constants(ir, mine) if mine else 0
+        for name in mine:  # the nodes the folds made belong to the float regions too
+            forced.setdefault(name, "elementwise chain kept float (float-elementwise-chains)")
+        rep.update(regions=len(regions), float_regions=kept, constants_folded=folded,
                    float_nodes=sum(len(r) for r, d in zip(regions, depths) if d >= depth_limit),
                    depth_histogram={str(d): depths.count(d) for d in sorted(set(depths))})
         return False  # annotations only: the graph is unchanged
@@ -106,3 +120,135 @@ def region_depths(ir, target, regions, exclude=()) -> List[int]:
                 best = max(best, depth[id(t)])
         out.append(best)
     return out
+
+
+# ---------------------------------------------------------------- float-region algebra
+
+MERGE_MULS = "Mul(x, s:const) -> Mul(_, t:const)"
+MUL_BEFORE_ADD = "Mul(x, s:const) -> Add(_, d:const)"
+MUL_INTO_CONV = "Mul(x, s:const) -> Conv(_, w:const, c?:const)"
+ADD_INTO_CONV = "Add(x, d:const) -> Conv(_, w:const, c?:const)"
+
+
+def fold_float_constants(ir, mine: Set[str], rounds: int = 8) -> int:
+    """Rewrite the constant Muls/Adds of the float nodes named in `mine` (which grows by
+    the nodes made) until nothing changes; returns how many rewrites ran."""
+    total = 0
+    for _ in range(rounds):
+        done = 0
+        for pattern, fn, check in ((MERGE_MULS, _merge_muls, _merge_check),
+                                   (MUL_BEFORE_ADD, _mul_behind_add, _behind_check),
+                                   (MUL_INTO_CONV, _mul_into_conv, _mul_conv_check),
+                                   (ADD_INTO_CONV, _add_into_conv, _add_conv_check)):
+            res = rewrite(ir, pattern, lambda b, m, fn=fn: fn(b, m, mine),
+                          check=lambda m, check=check: _ours(m, mine) or check(ir, m),
+                          name="float-chain-constants")
+            done += res.rewritten
+        total += done
+        if not done:
+            break
+    return total
+
+
+def _ours(m, mine) -> Optional[str]:
+    elementwise = [n for n in m.nodes if n.op != "Conv"]
+    return None if all(n.name in mine for n in elementwise) else "not in a float region"
+
+
+def _value(ir, t):
+    v = ir.const_value(t)
+    return None if v is None else np.asarray(v)
+
+
+def _scalar(ir, t) -> Optional[float]:
+    v = _value(ir, t)
+    if v is None or v.size != 1 or v.dtype.kind != "f" or not np.isfinite(v).all() or v.reshape(-1)[0] == 0:
+        return None
+    return float(v.reshape(-1)[0])
+
+
+def _merge_check(ir, m):
+    return None if _scalar(ir, m["s"]) is not None and _scalar(ir, m["t"]) is not None else "not two scalars"
+
+
+def _merge_muls(b, m, mine):
+    s = _scalar(b, m["s"]) * _scalar(b, m["t"])
+    out = b.op("Mul", m["x"], b.constant(f"{m.nodes[0].name}_merged", np.asarray(s, np.float32)))
+    mine.add(out.inputs[0].name)
+    return out
+
+
+def _behind_check(ir, m):
+    d = _value(ir, m["d"])
+    if _scalar(ir, m["s"]) is None or d is None or d.dtype.kind != "f":
+        return "not a nonzero scalar scale and a float shift"
+    x = m["x"]
+    if x.shape is None or d.ndim > len(x.shape):
+        return "the shift would raise the rank"
+    return None
+
+
+def _mul_behind_add(b, m, mine):
+    s = _scalar(b, m["s"])
+    d = _value(b, m["d"]).astype(np.float64) / s
+    add = b.op("Add", m["x"], b.constant(f"{m.nodes[1].name}_shift", d.astype(np.float32)),
+               name=f"{m.nodes[1].name}_first")
+    out = b.op("Mul", add, b.constant(f"{m.nodes[0].name}_scale", np.asarray(s, np.float32)),
+               name=f"{m.nodes[0].name}_after")
+    mine.update({add.inputs[0].name, out.inputs[0].name})
+    return out
+
+
+def _per_input_channel(ir, m, v) -> Optional[np.ndarray]:
+    """The constant as one value per conv input channel (None: it does not broadcast so)."""
+    conv, w = m["Conv"], _value(ir, m["w"])
+    if w is None or v is None or v.dtype.kind != "f" or not np.isfinite(v).all():
+        return None
+    cin = int(w.shape[1]) * int(conv.attrs.get("group", 1))
+    rank = len(w.shape)
+    if v.size == 1:
+        return np.full(cin, float(v.reshape(-1)[0]))
+    dims = (1,) * (rank - v.ndim) + v.shape if v.ndim <= rank else None
+    if dims is None or dims[0] != 1 or dims[1] != cin or any(d != 1 for d in dims[2:]):
+        return None
+    return v.reshape(-1).astype(np.float64)
+
+
+def _mul_conv_check(ir, m):
+    return None if _per_input_channel(ir, m, _value(ir, m["s"])) is not None else "not a per-input-channel scale"
+
+
+def _weight_by_input_channel(w, group, per_cin):
+    """w [OC, C/group, k...] scaled by per_cin along its input channels."""
+    oc, cpg = w.shape[0], w.shape[1]
+    ocg = oc // group
+    idx = (np.arange(oc) // ocg)[:, None] * cpg + np.arange(cpg)[None, :]  # [OC, C/group] -> input channel
+    return per_cin[idx].reshape((oc, cpg) + (1,) * (w.ndim - 2))
+
+
+def _mul_into_conv(b, m, mine):
+    conv, w = m["Conv"], _value(b, m["w"])
+    s = _per_input_channel(b, m, _value(b, m["s"]))
+    new_w = (w.astype(np.float64) * _weight_by_input_channel(w, int(conv.attrs.get("group", 1)), s)).astype(w.dtype)
+    b.set_input(conv, 0, m["x"])
+    b.set_input(conv, 1, b.constant(f"{conv.inputs[1].name}_scaled", new_w))
+    return conv.outputs[0]
+
+
+def _add_conv_check(ir, m):
+    conv = m["Conv"]
+    pads = conv.attrs.get("pads", [])
+    if any(int(p) for p in pads) or conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return "the conv pads (a shift would change its border)"
+    return None if _per_input_channel(ir, m, _value(ir, m["d"])) is not None else "not a per-input-channel shift"
+
+
+def _add_into_conv(b, m, mine):
+    conv, w = m["Conv"], _value(b, m["w"])
+    d = _per_input_channel(b, m, _value(b, m["d"]))
+    c = _value(b, m["c"]) if m["c"] is not None else np.zeros(w.shape[0])
+    contrib = (w.astype(np.float64) * _weight_by_input_channel(w, int(conv.attrs.get("group", 1)), d))
+    new_c = c.astype(np.float64).reshape(-1) + contrib.reshape(w.shape[0], -1).sum(axis=1)
+    b.set_input(conv, 0, m["x"])
+    b.set_input(conv, 2, b.constant(f"{conv.name}_bias_shifted", new_c.astype(w.dtype)))
+    return conv.outputs[0]

@@ -30,12 +30,13 @@ def _const(name, value):
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 
-def hardswish_affine_net(blocks=1, seed=0):
+def hardswish_affine_net(blocks=1, seed=0, pad2=False):
     """`blocks` x (Conv -> x * clip(x + 3, 0, 6) / 6 -> * a + b), a Conv, plus a skip Conv of
     the input, then the residual Add -> Relu -> Conv."""
     rng = np.random.default_rng(seed)
     inits = [_const("three", 3.0), _const("zero", 0.0), _const("six", 6.0), _const("a", 0.7), _const("b", 0.3),
-             _const("w2", rng.standard_normal((C, C, 1, 1)) * 0.4), _const("b2", rng.standard_normal(C) * 0.1),
+             _const("w2", rng.standard_normal((C, C) + ((3, 3) if pad2 else (1, 1))) * 0.4),
+             _const("b2", rng.standard_normal(C) * 0.1),
              _const("w3", rng.standard_normal((C, C, 1, 1)) * 0.4),
              _const("ws", rng.standard_normal((C, 3, 1, 1)) * 0.4)]
     nodes, x, cin = [], "x", 3
@@ -54,7 +55,7 @@ def hardswish_affine_net(blocks=1, seed=0):
         ]
         x, cin = f"{p}hb", C
     nodes += [
-        helper.make_node("Conv", [x, "w2", "b2"], ["z"], name="conv2"),
+        helper.make_node("Conv", [x, "w2", "b2"], ["z"], name="conv2", pads=[1, 1, 1, 1] if pad2 else [0, 0, 0, 0]),
         helper.make_node("Conv", ["x", "ws"], ["s"], name="conv_skip"),
         helper.make_node("Add", ["z", "s"], ["r"], name="res_add"),
         helper.make_node("Relu", ["r"], ["rr"], name="res_relu"),
@@ -104,10 +105,13 @@ def test_deep_region_runs_float_and_is_more_accurate():
                 options={"evaluate": False, "float_elementwise_depth": 0})
     rep = deep.report["passes"]["float-elementwise-chains"]
     assert rep["float_regions"] == 1 and rep["float_nodes"] == 6, rep
+    assert rep["constants_folded"] >= 3, rep  # / 6 and * a merge, move behind + b, into conv2
     quantized = {n.input[0] for n in deep.model.graph.node if n.op_type == "QuantizeLinear"}
-    # inside the chain nothing is rounded; its ends are (conv1's output, the affine's output)
-    assert not quantized & {"y3", "yc", "ym", "hs", "ha"}, quantized
-    assert {"y", "hb"} <= quantized
+    # inside the chain nothing is rounded; it starts at conv1's output and, with / 6, * a
+    # and + b folded into the 1x1 conv2, ends at x * clip(x + 3, 0, 6)
+    assert not quantized & {"y3", "yc"}, quantized
+    assert {"y", "ym"} <= quantized
+    assert not {"Div"} & {n.op_type for n in deep.model.graph.node}
     assert "rr" in quantized and "r" not in quantized  # the residual Add -> Relu: one INT8 kernel
     off_q = {n.input[0] for n in off.model.graph.node if n.op_type == "QuantizeLinear"}
     assert {"ym", "ha"} <= off_q  # without the rule the chain rounds inside
@@ -117,6 +121,22 @@ def test_deep_region_runs_float_and_is_more_accurate():
     deep3 = build(m3, target="x86", calib=lambda: iter(calib), options={"evaluate": False})
     off3 = build(m3, target="x86", calib=lambda: iter(calib), options={"evaluate": False, "float_elementwise_depth": 0})
     assert _sqnr(deep3.model, m3, held) > _sqnr(off3.model, m3, held) + 0.2
+
+
+@pytest.mark.parametrize("pad2", [False, True])
+def test_folding_the_float_regions_constants_keeps_the_function(pad2):
+    m = hardswish_affine_net(blocks=2, pad2=pad2)
+    r = build(m, target="x86", pipeline=["canonicalize", "fold-bn", "float-elementwise-chains"],
+              options={"evaluate": False})
+    ops = [n.op_type for n in r.model.graph.node]
+    # per block: Add(+3), Clip, Mul(x, clip), then + d where the next conv pads; the constant
+    # Muls are in the convs' weights
+    assert ops.count("Mul") == 2 and "Div" not in ops, ops
+    assert ops.count("Add") == 2 + 1 + (1 if pad2 else 0) + 1, ops  # +3 twice, + d before conv1 (3x3), pad2's, residual
+    held = _batches(8, 3)
+    want = np.concatenate([ort_session(m).run(None, b)[0] for b in held])
+    got = np.concatenate([ort_session(r.model).run(None, b)[0] for b in held])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_the_shipped_targets_depth_is_what_the_pass_uses():
