@@ -41,7 +41,8 @@ ELEMENTWISE = frozenset({
 
 @register_pass("float-elementwise-chains", requires={"canonical"}, provides={"chains-placed"})
 class FloatElementwiseChains(Pass):
-    """Record regions of elementwise kernels deeper than the target allows as float."""
+    """Keep regions of elementwise kernels deeper than the target allows float, and fold
+    their constant arithmetic."""
 
     config = {"float_elementwise_depth": Option(
         int, None, "rounding depth from which an elementwise region stays float (0: never; "
@@ -73,7 +74,7 @@ class FloatElementwiseChains(Pass):
         rep.update(regions=len(regions), float_regions=kept, constants_folded=folded,
                    float_nodes=sum(len(r) for r, d in zip(regions, depths) if d >= depth_limit),
                    depth_histogram={str(d): depths.count(d) for d in sorted(set(depths))})
-        return False  # annotations only: the graph is unchanged
+        return folded > 0  # otherwise annotations only
 
 
 def elementwise_regions(ir, exclude=()) -> List[list]:
