@@ -162,3 +162,17 @@ def test_report_reference_runs_the_fp32_model_unoptimized(built):
 
     assert out["sqnr_db"] == round(by_hand(False), 3)
     assert abs(by_hand(True) - by_hand(False)) < 1e-3
+
+
+def test_output_error_builds_the_reference_session_unoptimized(built, monkeypatch):
+    made = []
+    real = rpt.session
+
+    def spy(model, threads=0, reference=False):
+        made.append((model, reference))
+        return real(model, threads, reference)
+
+    monkeypatch.setattr(rpt, "session", spy)
+    fp32 = residual_chain(200)
+    rpt.output_error(fp32, built.model, _batches(1, seed=11))
+    assert [(m is fp32, ref) for m, ref in made] == [(True, True), (False, False)]  # INT8: fused kernels
