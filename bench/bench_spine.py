@@ -193,7 +193,8 @@ def run_int8_once(num_nodes: int, calib_batches: int = 10, out_dir: str | None =
 
     for module, attr, phase in ((drv, "read_model", "read"), (drv, "load_ir", "import"),
                                 (drv, "_verify_input", "verify input"), (drv, "split_holdout", "split holdout"),
-                                (drv, "ir_to_model", "export"), (drv, "share_small_constants", "export"), (rpt, "qdq_counts", "report: qdq counts"),
+                                (drv, "ir_to_model", "export"), (drv, "share_small_constants", "export"),
+                                (rpt, "qdq_counts", "report: qdq counts"),
                                 (drv, "model_size", "report: size"), (prep, "add_bitops", "report: bitops"),
                                 (drv, "_unique_node_names", "evaluate"), (rpt, "output_error", "evaluate"),
                                 (drv, "_flag_low_sqnr", "evaluate: low-sqnr check")):

@@ -60,7 +60,7 @@ def _value_key(t: onnx.TensorProto) -> bytes:
 
 
 def _data_bytes(t: onnx.TensorProto) -> int:
-    """Bytes the tensor's data occupies in the proto (an upper bound for typed fields)."""
+    """The tensor's serialized size (data, shape and name): a cheap upper bound of its data."""
     return t.ByteSize()
 
 
