@@ -34,8 +34,9 @@ def cosine(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def session(model: onnx.ModelProto, threads: int = 0, reference: bool = False) -> ort.InferenceSession:
-    """reference=True: plain Q/DQ semantics, no fused integer kernels (for models built for
-    another target than ONNX Runtime x86, whose s8 kernels saturate on CPUs without VNNI)."""
+    """reference=True: graph optimizations off, every op as written: plain Q/DQ semantics, no
+    fused integer kernels (for models built for another target than ONNX Runtime x86, whose
+    s8 kernels saturate on CPUs without VNNI), and for an FP32 model no fusions."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if reference:
@@ -50,8 +51,12 @@ def session(model: onnx.ModelProto, threads: int = 0, reference: bool = False) -
 
 def output_error(fp32: onnx.ModelProto, int8: onnx.ModelProto, batches: Iterable[Dict[str, np.ndarray]],
                  reference: bool = False) -> Dict:
-    """SQNR (dB) and cosine similarity per model output, accumulated over all batches."""
-    s_ref, s_q = session(fp32), session(int8, reference=reference)
+    """SQNR (dB) and cosine similarity per model output, accumulated over all batches.
+
+    The FP32 model runs op by op as written (graph optimizations off): ONNX Runtime's
+    fusions only round differently, and an optimized session of a large graph costs
+    several times more to build (bench/results/spine.md)."""
+    s_ref, s_q = session(fp32, reference=True), session(int8, reference=reference)
     names = [o.name for o in s_ref.get_outputs()]
     ins = {i.name for i in s_ref.get_inputs()}
     sig: Dict[str, float] = {n: 0.0 for n in names}

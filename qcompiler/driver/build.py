@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 import onnx
 
 from qcompiler.errors import ModelError, VerifyError
+from qcompiler.formats.shared_constants import share_small_constants
 from qcompiler.ir import IR, ir_to_model, load_ir, read_model
 from qcompiler.ir.io import model_size
 from qcompiler.pipeline import Context, PassManager, build_pipeline, load_plugin
@@ -160,12 +161,23 @@ def _run(model, tgt, names, add_passes, pass_options, calib, dump_dir, options, 
         from qcompiler.lowering.lower import program_exporter
 
         exporter = program_exporter
-    out = exporter(ir, ctx) if exporter else ir_to_model(ir)
+    out = exporter(ir, ctx) if exporter else _export_onnx(ir, ctx)
     if ir.ann.plan is not None:
         _quant_report(ctx, ir, source, out, eval_part if eval_part is not None else calib_part,
                       exported_ir=not exporter)
     return BuildResult(model=out, ir=ir, report=ctx.report, target=tgt, calib=calib,
                        emit=ctx.option("emit") or "qdq")
+
+
+def _export_onnx(ir: IR, ctx) -> onnx.ModelProto:
+    """The IR as an ONNX model whose nodes share one initializer per distinct small constant
+    (the zero points and scales place-qdq gives every pair): ONNX Runtime's session creation
+    grows faster than linearly in the number of initializers."""
+    model = ir_to_model(ir)
+    shared = share_small_constants(model)
+    if shared:
+        ctx.report["export"] = {"shared_constants": shared}
+    return model
 
 
 def _jsonable(o):
