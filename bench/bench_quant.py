@@ -5,6 +5,8 @@ samples:
 
   qcompiler     build(model, target=T, calib=..., options={"calib_method": "minmax"}) with T
                 the x86 target for this CPU: x86 with VNNI, x86-avx2 on AVX2 without VNNI
+                (the issue-4 comparison), and T's default build (the target's own
+                calibration method, e.g. mse: "qc default", compared with ORT on accuracy)
                 (and the other x86 target, arm64, cuda, and T with {"emit": "qop"}: do
                 they build, do they run in ONNX Runtime, how accurate are they)
   ORT           quant_pre_process, then quantize_static in QDQ format, U8 activations,
@@ -469,18 +471,20 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
         return ({inp: x} for x in sf.iter(n_cal))
 
     extra = {}
-    for key, target, opts in (("qc_x86_other", QC_OTHER, {}), ("qc_qop", QC_TARGET, {"emit": "qop"}),
-                              ("qc_arm64", "arm64", {}), ("qc_cuda", "cuda", {})):
+    mm_opts = {"calib_method": "minmax", "evaluate": False}
+    for key, target, opts in (("qc_default", QC_TARGET, {"evaluate": False}),  # the target's own method
+                              ("qc_x86_other", QC_OTHER, mm_opts), ("qc_qop", QC_TARGET, {**mm_opts, "emit": "qop"}),
+                              ("qc_arm64", "arm64", mm_opts), ("qc_cuda", "cuda", mm_opts)):
         log(f"  [{name}] qcompiler {key} ...")
         t = time.perf_counter()
         try:
-            r = build(model_path, target=target, calib=batches,
-                      options={"calib_method": "minmax", "evaluate": False, **opts})
+            r = build(model_path, target=target, calib=batches, options=opts)
             path = os.path.join(work, f"{name}.{key}.onnx")
             onnx.save(r.model, path)
             ops = sorted({n.op_type for n in r.model.graph.node if n.op_type.startswith(("QLinear", "QGemm"))})
             extra[key] = {"ok": True, "out": path, "build_s": time.perf_counter() - t,
-                          "macs": r.report.get("macs"), "qlinear_ops": ops}
+                          "macs": r.report.get("macs"), "qlinear_ops": ops,
+                          "calib_method": (r.report.get("calibration") or {}).get("method")}
             log(f"    ok ({extra[key]['build_s']:.1f} s)")
         except Exception as e:
             msg = short_error(e)
@@ -514,7 +518,7 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
     R["sqnr_band"] = {}
     if cfg.get("band_draws"):
         log(f"  [{name}] SQNR under +-{BAND_ULPS}-ulp scale perturbations, {cfg['band_draws']} draws ...")
-        for key in [k for k in ("qc", best) if k and "sqnr_db" in acc.get(k, {})]:
+        for key in [k for k in ("qc", "qc_default", best) if k and "sqnr_db" in acc.get(k, {})]:
             R["sqnr_band"][key] = sqnr_band(variants[key], fp32_out, xs_eval, inp, cfg["band_draws"], labels)
     R["macs"] = {"qc": qc_report.get("macs")}
     for k in ort_keys:
@@ -620,7 +624,9 @@ def model_tables(R: Dict) -> str:
     if labelled:
         rows.append(["FP32", "", "", "", "", _pct(acc["fp32"]["accuracy"]), "", ""])
     macs = R.get("macs", {})
-    order = [("qc", f"qcompiler {QC_TARGET}"), ("qc_x86_other", f"qcompiler {QC_OTHER}"),
+    dflt = (R["other_builds"].get("qc_default") or {}).get("calib_method") or "?"
+    order = [("qc", f"qcompiler {QC_TARGET} minmax"), ("qc_default", f"qcompiler {QC_TARGET} default ({dflt})"),
+             ("qc_x86_other", f"qcompiler {QC_OTHER}"),
              ("qc_qop", f"qcompiler {QC_TARGET} --emit qop"),
              ("qc_arm64", "qcompiler arm64 (in ORT)"), ("qc_cuda", "qcompiler cuda (in ORT CPU)"),
              ("ort_per_tensor", "ORT per-tensor"), ("ort_per_channel", "ORT per-channel"),
@@ -662,7 +668,8 @@ def model_tables(R: Dict) -> str:
     out.append("")
     band = R.get("sqnr_band") or {}
     if band:
-        parts = [f"{'qcompiler' if k == 'qc' else 'ORT (' + k + ')'} {fmt(v['min'])} to {fmt(v['max'])} dB "
+        who = {"qc": "qcompiler minmax", "qc_default": "qcompiler default"}
+        parts = [f"{who.get(k, 'ORT (' + k + ')')} {fmt(v['min'])} to {fmt(v['max'])} dB "
                  f"(mean {fmt(v['mean'])})"
                  + (f", top-1 {100 * v['accuracy']['min']:.1f} to {100 * v['accuracy']['max']:.1f} %" if v.get("accuracy") else "")
                  for k, v in band.items()]
@@ -705,7 +712,7 @@ def model_tables(R: Dict) -> str:
                          ", ".join(r.get("qlinear_ops") or []) or "-"])
         else:
             rows.append([k, "SKIPPED" if r.get("skipped") else "FAILED", "", r["error"][:300]])
-    out.append("**Other targets** (minmax, same calibration samples; run in ONNX Runtime CPU)")
+    out.append("**Other builds** (minmax but qc_default, same calibration samples; run in ONNX Runtime CPU)")
     out.append("")
     out.append(md_table(["build", "builds", "runs in ORT", "integer ops / error"], rows))
     out.append("")
@@ -761,6 +768,19 @@ def verdicts(results: List[Dict]) -> List[Dict]:
                 note or ("within 0.1 dB" if 0 < ob["sqnr_db"] - qc["sqnr_db"] <= 0.1 else ""))
         elif best:
             add("SQNR not below ORT", name, "qcompiler failed", False)
+        qd = acc.get("qc_default", {})
+        if "sqnr_db" in qd and "sqnr_db" in ob:
+            band = R.get("sqnr_band") or {}
+            note = ""
+            if qd["sqnr_db"] < ob["sqnr_db"] and "qc_default" in band and best in band:
+                a, o = band["qc_default"], band[best]
+                if a["max"] >= o["min"]:
+                    note = (f"inside the +-{a['ulps']}-ulp spread: qc {a['min']:.2f}..{a['max']:.2f}, "
+                            f"ORT {o['min']:.2f}..{o['max']:.2f} dB")
+            add("SQNR not below ORT, default build", name, f"{qd['sqnr_db']:.2f} vs {ob['sqnr_db']:.2f} dB",
+                qd["sqnr_db"] >= ob["sqnr_db"], note)
+        elif best and "qc_default" in R.get("other_builds", {}):
+            add("SQNR not below ORT, default build", name, "qcompiler failed", False)
         lat = R.get("latency", {})
         for t in ("1", "2"):
             L = lat.get(t, {})
@@ -829,14 +849,17 @@ def summary_table(results: List[Dict]) -> str:
             mems.append(fmt(ratio(d[ks[1]].get("peak_rss_mb"), d[ks[0]].get("peak_rss_mb"))) + "x")
         share = ((R.get("macs") or {}).get("qc") or {}).get("int8_share")
         other = acc.get("qc_x86_other", acc.get("qc_x86_avx2", {}))
+        qd = acc.get("qc_default", {})
         rows.append([R["model"], accs,
                      f"{fmt(qc.get('sqnr_db'))} / {fmt(ob.get('sqnr_db'))}",
+                     fmt(qd.get("sqnr_db")),
                      f"{fmt(qc.get('ref_sqnr_db'))} / {fmt(ob.get('ref_sqnr_db'))}",
                      band_means(R, best),
                      fmt(other.get("sqnr_db")),
                      lr(L1, "fp32", "qc"), lr(L1, "fp32", "ort"), lr(L1, "qc", "ort"), lr(L2, "qc", "ort"),
                      fmt(br) + "x", " / ".join(mems), _pct(share)])
-    return md_table(["model", "accuracy % FP32/qc/ORT", "SQNR dB qc / ORT", "SQNR dB Q/DQ as written qc / ORT",
+    return md_table(["model", "accuracy % FP32/qc/ORT", "SQNR dB qc / ORT", "SQNR dB qc default",
+                     "SQNR dB Q/DQ as written qc / ORT",
                      "SQNR dB mean over ulp perturbations qc / ORT", f"SQNR dB qc {QC_OTHER}", "qc speedup 1t", "ORT speedup 1t",
                      "qc/ORT latency 1t", "qc/ORT latency 2t", "build qc/ORT", "mem big/64 samples pct / entropy",
                      "qc INT8 MACs %"], rows)
@@ -892,7 +915,8 @@ def write_results(results, meta, out_dir, quick):
              f"qcompiler: `build(model, target='{QC_TARGET}' (the x86 target for this CPU), calib=..., "
              "options={'calib_method': 'minmax', "
              "'evaluate': False})`, which calibrates on all the samples (an evaluating build holds out every "
-             "10th batch for its report).",
+             "10th batch for its report); \"qc default\" is the same build without `calib_method`, i.e. with "
+             "the target's own calibration method (built in this process, not timed).",
              "- Build time and memory: each build in a fresh process; time of the library calls (qcompiler "
              "build + save; ORT pre_process + quantize_static, which save), the minmax builds of both tools "
              f"run {'three times' if not quick else 'once'} and the fastest run counts (one run's time on a shared "

@@ -150,20 +150,25 @@ def test_x86_accurate_keeps_elementwise_chains_float():
     assert sq["x86-accurate"] >= sq["x86"] - 0.1, sq
 
 
-def test_arm64_within_a_db_of_x86_on_a_real_model():
+def test_arm64_within_a_db_of_x86_on_a_real_model(monkeypatch):
     """PP-OCR cls on rendered text lines: arm64's int8 activations with a zero point keep
     x86's output SQNR (zero-point-free arm64-sym does not). cuda's symmetric int8 costs
-    1.3-1.6 dB against x86's asymmetric uint8 here, now that both use mse ranges (it was
-    within 1 dB of x86's former min/max ranges); it must stay within 2 dB."""
+    1.3-1.6 dB against x86's asymmetric uint8 here under the same range search (the plain
+    squared error, which symmetric grids keep; it was within 1 dB of x86's former min/max
+    ranges); it must stay within 2 dB. x86's default weighs clipping 4x: 19.9 -> 21.8 dB."""
     from fixtures import tasks
     from fixtures.real_models import real_model_path
+    from qcompiler.quant import observers
 
     xs = tasks.text_line_task(48)[0]
     sq = {}
     for t in ("x86", "arm64", "arm64-sym", "cuda"):
         r = build(real_model_path("ppocr_cls"), target=t, calib=_batches(xs, "x"))
         sq[t] = min(o["sqnr_db"] for o in r.report["accuracy"]["outputs"].values())
-    assert sq["arm64"] >= sq["x86"] - 1.0 and sq["cuda"] >= sq["x86"] - 2.0, sq
+    monkeypatch.setattr(observers, "MSE_CLIP_WEIGHT", 1.0)
+    r = build(real_model_path("ppocr_cls"), target="x86", calib=_batches(xs, "x"))
+    sq["x86-plain"] = min(o["sqnr_db"] for o in r.report["accuracy"]["outputs"].values())
+    assert sq["arm64"] >= sq["x86"] - 1.0 and sq["cuda"] >= sq["x86-plain"] - 2.0, sq
     assert sq["arm64-sym"] < sq["arm64"] - 1.5, sq  # 2.3 dB with mse ranges (5+ with min/max)
 
 
