@@ -44,6 +44,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -493,6 +494,19 @@ def bench_model(name: str, cfg: Dict, cache: str, work: str, log) -> Dict:
                                            or isinstance(e, NotImplementedError))
             extra[key] = {"ok": False, "skipped": skipped, "error": msg}
             log(f"    {'SKIPPED (not implemented)' if skipped else 'FAILED'}: {msg}")
+    if importlib.util.find_spec("nncf") is not None:  # the `bench` extra: a peer, default settings
+        log(f"  [{name}] NNCF default ...")
+        t = time.perf_counter()
+        try:
+            q, note, version = common.nncf_quantize(model_path, list(batches()))
+            path = os.path.join(work, f"{name}.nncf.onnx")
+            onnx.save(q, path)
+            extra["nncf"] = {"ok": True, "out": path, "build_s": time.perf_counter() - t,
+                             "pre_process": note, "version": version}
+            log(f"    ok ({extra['nncf']['build_s']:.1f} s)")
+        except Exception as e:
+            extra["nncf"] = {"ok": False, "error": short_error(e)}
+            log(f"    FAILED: {extra['nncf']['error']}")
     R["other_builds"] = extra
 
     # ---- accuracy on the held-out samples
@@ -630,7 +644,7 @@ def model_tables(R: Dict) -> str:
              ("qc_qop", f"qcompiler {QC_TARGET} --emit qop"),
              ("qc_arm64", "qcompiler arm64 (in ORT)"), ("qc_cuda", "qcompiler cuda (in ORT CPU)"),
              ("ort_per_tensor", "ORT per-tensor"), ("ort_per_channel", "ORT per-channel"),
-             ("ort_per_channel_rr", "ORT per-channel reduce_range")]
+             ("ort_per_channel_rr", "ORT per-channel reduce_range"), ("nncf", "NNCF default")]
     for key, label in order:
         if key == best:
             label += " (best ORT)"
@@ -781,6 +795,13 @@ def verdicts(results: List[Dict]) -> List[Dict]:
                 qd["sqnr_db"] >= ob["sqnr_db"], note)
         elif best and "qc_default" in R.get("other_builds", {}):
             add("SQNR not below ORT, default build", name, "qcompiler failed", False)
+        nn = acc.get("nncf", {})
+        if "sqnr_db" in qd and "sqnr_db" in nn:
+            add("SQNR not below NNCF, default build", name, f"{qd['sqnr_db']:.2f} vs {nn['sqnr_db']:.2f} dB",
+                qd["sqnr_db"] >= nn["sqnr_db"])
+            if "accuracy" in qd and "accuracy" in nn:
+                add("accuracy not below NNCF, default build", name,
+                    f"{100 * qd['accuracy']:.1f} vs {100 * nn['accuracy']:.1f} %", qd["accuracy"] >= nn["accuracy"])
         lat = R.get("latency", {})
         for t in ("1", "2"):
             L = lat.get(t, {})

@@ -91,22 +91,9 @@ def build_ort(model_path, cal, work):
 
 
 def build_nncf(model_path, cal):
-    import logging
-
-    import nncf
-    import onnx
-    from onnx import version_converter
-
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     t0 = time.perf_counter()
-    m = onnx.load(model_path)
-    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-    note = "default"
-    if opset < 13:  # NNCF: "opset < 13 ... Per-tensor quantization will be applied"
-        m = version_converter.convert_version(m, 13)
-        note = f"converted from opset {opset} to 13 first (NNCF quantizes per-tensor below 13)"
-    q = nncf.quantize(m, nncf.Dataset(batches(cal)))
-    return q, time.perf_counter() - t0, {"nncf": nncf.__version__, "pre_process": note}
+    q, note, version = common.nncf_quantize(model_path, list(batches(cal)))
+    return q, time.perf_counter() - t0, {"nncf": version, "pre_process": note}
 
 
 def latency_ms(model, x, runs=30, warmup=5):

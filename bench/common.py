@@ -297,3 +297,25 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(str(c) for c in r) + " |")
     return "\n".join(lines)
+
+
+def nncf_quantize(model, batches, **kwargs):
+    """NNCF's ONNX backend with its default settings (the `bench` extra): `nncf.quantize`
+    on the model (path or ModelProto) with `batches` (a list of feed dicts) as its dataset.
+    Models below opset 13 are converted first: NNCF quantizes them per tensor otherwise.
+    Returns (quantized ModelProto, pre-processing note, NNCF version)."""
+    import logging
+
+    import nncf
+    import onnx
+    from onnx import version_converter
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    m = onnx.load(model) if isinstance(model, (str, os.PathLike)) else model
+    opset = next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    note = "default"
+    if opset < 13:  # NNCF: "opset < 13 ... Per-tensor quantization will be applied"
+        m = version_converter.convert_version(m, 13)
+        note = f"converted from opset {opset} to 13 first (NNCF quantizes per-tensor below 13)"
+    q = nncf.quantize(m, nncf.Dataset(list(batches)), subset_size=len(batches), **kwargs)
+    return q, note, nncf.__version__
