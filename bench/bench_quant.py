@@ -14,6 +14,8 @@ samples:
                 without VNNI also per-channel with reduce_range=True (ORT's advice there);
                 the one with the best output SQNR on the held-out samples is "ORT" in the
                 ratios
+  NNCF          nncf.quantize with its default settings (its ONNX backend; the `bench`
+                extra), built in this process on the same calibration samples, accuracy only
 
 and reports
   build time    of the library calls, each build in a fresh child process (qcompiler:
