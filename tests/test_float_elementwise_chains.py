@@ -116,11 +116,13 @@ def test_deep_region_runs_float_and_is_more_accurate():
     off_q = {n.input[0] for n in off.model.graph.node if n.op_type == "QuantizeLinear"}
     assert {"ym", "ha"} <= off_q  # without the rule the chain rounds inside
     # on random weights the gain is small (PP-OCRv4 rec: 11 -> 14 dB, docs/accuracy.md);
-    # three blocks in a row, deterministic data: 0.37 dB
+    # three blocks in a row, deterministic data, min/max ranges (so the range search's own
+    # tuning does not move it): 0.31 dB
     m3 = hardswish_affine_net(blocks=3)
-    deep3 = build(m3, target="x86", calib=lambda: iter(calib), options={"evaluate": False})
-    off3 = build(m3, target="x86", calib=lambda: iter(calib), options={"evaluate": False, "float_elementwise_depth": 0})
-    assert _sqnr(deep3.model, m3, held) > _sqnr(off3.model, m3, held) + 0.2
+    mm = {"evaluate": False, "calib_method": "minmax"}
+    deep3 = build(m3, target="x86", calib=lambda: iter(calib), options=mm)
+    off3 = build(m3, target="x86", calib=lambda: iter(calib), options={**mm, "float_elementwise_depth": 0})
+    assert _sqnr(deep3.model, m3, held) > _sqnr(off3.model, m3, held) + 0.15
 
 
 @pytest.mark.parametrize("pad2", [False, True])
