@@ -771,14 +771,18 @@ def verdicts(results: List[Dict]) -> List[Dict]:
                         f"{100 * qc['accuracy']:.1f} vs {100 * ob['accuracy']:.1f} %", qc["accuracy"] >= ob["accuracy"], note)
             else:
                 add("accuracy within 0.5 pp of FP32", name, "qcompiler failed", False)
-        if "sqnr_db" in qc and "sqnr_db" in ob:
+        def spread_note(key, r):
+            """Where `key` is below ORT's best but inside its ulp spread, say so."""
             band = R.get("sqnr_band") or {}
-            note = ""
-            if qc["sqnr_db"] < ob["sqnr_db"] and "qc" in band and best in band:
-                a, o = band["qc"], band[best]
+            if r["sqnr_db"] < ob["sqnr_db"] and key in band and best in band:
+                a, o = band[key], band[best]
                 if a["max"] >= o["min"]:
-                    note = (f"inside the +-{a['ulps']}-ulp spread: qc {a['min']:.2f}..{a['max']:.2f}, "
+                    return (f"inside the +-{a['ulps']}-ulp spread: qc {a['min']:.2f}..{a['max']:.2f}, "
                             f"ORT {o['min']:.2f}..{o['max']:.2f} dB")
+            return ""
+
+        if "sqnr_db" in qc and "sqnr_db" in ob:
+            note = spread_note("qc", qc)
             add("SQNR not below ORT", name, f"{qc['sqnr_db']:.2f} vs {ob['sqnr_db']:.2f} dB",
                 qc["sqnr_db"] >= ob["sqnr_db"],
                 note or ("within 0.1 dB" if 0 < ob["sqnr_db"] - qc["sqnr_db"] <= 0.1 else ""))
@@ -786,15 +790,8 @@ def verdicts(results: List[Dict]) -> List[Dict]:
             add("SQNR not below ORT", name, "qcompiler failed", False)
         qd = acc.get("qc_default", {})
         if "sqnr_db" in qd and "sqnr_db" in ob:
-            band = R.get("sqnr_band") or {}
-            note = ""
-            if qd["sqnr_db"] < ob["sqnr_db"] and "qc_default" in band and best in band:
-                a, o = band["qc_default"], band[best]
-                if a["max"] >= o["min"]:
-                    note = (f"inside the +-{a['ulps']}-ulp spread: qc {a['min']:.2f}..{a['max']:.2f}, "
-                            f"ORT {o['min']:.2f}..{o['max']:.2f} dB")
             add("SQNR not below ORT, default build", name, f"{qd['sqnr_db']:.2f} vs {ob['sqnr_db']:.2f} dB",
-                qd["sqnr_db"] >= ob["sqnr_db"], note)
+                qd["sqnr_db"] >= ob["sqnr_db"], spread_note("qc_default", qd))
         elif best and "qc_default" in R.get("other_builds", {}):
             add("SQNR not below ORT, default build", name, "qcompiler failed", False)
         nn = acc.get("nncf", {})
