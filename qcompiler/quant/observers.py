@@ -632,9 +632,9 @@ class MSEObserver(HistogramObserver):
             raise CalibrationError(f"mse clip_weight must be a finite number >= 1, got {clip_weight}",
                                    f"use e.g. clip_weight={MSE_CLIP_WEIGHT:g} (1: plain squared error)")
         self.clip_weight = None if clip_weight is None else w
-        self._weight = 1.0  # the weight of the search in progress
 
-    def _errors(self, lo: np.ndarray, hi: np.ndarray, c: np.ndarray, n: np.ndarray, scheme) -> np.ndarray:
+    def _errors(self, lo: np.ndarray, hi: np.ndarray, c: np.ndarray, n: np.ndarray, scheme,
+                weight: float) -> np.ndarray:
         qmin, qmax = scheme.qmin, scheme.qmax
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             scale, zp = _scale_zero_point(lo, hi, scheme)
@@ -645,18 +645,18 @@ class MSEObserver(HistogramObserver):
             q = c[None, :] * inv
             np.rint(q, out=q)
             q += zp
-            clipped = (q < qmin) | (q > qmax) if self._weight != 1.0 else None
+            clipped = (q < qmin) | (q > qmax) if weight != 1.0 else None
             np.clip(q, qmin, qmax, out=q)
             q -= zp
             q *= scale
             q -= c[None, :]
             q *= q
             if clipped is not None:
-                np.multiply(q, np.float32(self._weight), out=q, where=clipped)
+                np.multiply(q, np.float32(weight), out=q, where=clipped)
             out = (q @ n).astype(np.float64)
         return np.where(np.isfinite(out), out, np.inf)  # a scale beyond float32 never wins
 
-    def _search(self, tmax: float, make, c, n, scheme) -> float:
+    def _search(self, tmax: float, make, c, n, scheme, weight: float) -> float:
         """1-d search of t in (0, tmax] minimising the error of make(t) -> (lo, hi).
 
         A coarse sweep (linear, plus a geometric tail for heavy-tailed data), then two
@@ -664,14 +664,14 @@ class MSEObserver(HistogramObserver):
         """
         k = self.candidates
         t = np.unique(np.concatenate([np.linspace(tmax / k, tmax, k), np.geomspace(tmax * 1e-4, tmax, 32)]))
-        e = self._errors(*make(t), c, n, scheme)
+        e = self._errors(*make(t), c, n, scheme, weight)
         best_t, best_e = float(t[int(np.argmin(e))]), float(e.min())
         for _ in range(2):
             j = int(np.argmin(e))
             a = t[j - 1] if j > 0 else t[j] * 0.5
             b = t[j + 1] if j + 1 < len(t) else t[j]
             t = np.linspace(a, b, 17)
-            e = self._errors(*make(t), c, n, scheme)
+            e = self._errors(*make(t), c, n, scheme, weight)
             if e.min() < best_e:
                 best_t, best_e = float(t[int(np.argmin(e))]), float(e.min())
         return best_t
@@ -687,23 +687,23 @@ class MSEObserver(HistogramObserver):
         n = counts[keep].astype(np.float32)
         lo0, hi0 = min(self._min, 0.0), max(self._max, 0.0)
         if self.clip_weight is not None:
-            self._weight = self.clip_weight
+            w = self.clip_weight
         else:
-            self._weight = 1.0 if scheme.symmetric else float(MSE_CLIP_WEIGHT)
+            w = 1.0 if scheme.symmetric else float(MSE_CLIP_WEIGHT)
         if scheme.symmetric:
             absmax = max(-lo0, hi0)
-            t = self._search(absmax, lambda t: (-t, t), c, n, scheme)
+            t = self._search(absmax, lambda t: (-t, t), c, n, scheme, w)
             return max(lo0, -t), min(hi0, t)
         if lo0 == 0.0:
-            hi = self._search(hi0, lambda t: (np.zeros_like(t), t), c, n, scheme)
+            hi = self._search(hi0, lambda t: (np.zeros_like(t), t), c, n, scheme, w)
             return 0.0, hi
         if hi0 == 0.0:
-            t = self._search(-lo0, lambda t: (-t, np.zeros_like(t)), c, n, scheme)
+            t = self._search(-lo0, lambda t: (-t, np.zeros_like(t)), c, n, scheme, w)
             return -t, 0.0
         lo, hi = lo0, hi0
         for _ in range(3):
-            hi = self._search(hi0, lambda t, lo=lo: (np.full_like(t, lo), t), c, n, scheme)
-            lo = -self._search(-lo0, lambda t, hi=hi: (-t, np.full_like(t, hi)), c, n, scheme)
+            hi = self._search(hi0, lambda t, lo=lo: (np.full_like(t, lo), t), c, n, scheme, w)
+            lo = -self._search(-lo0, lambda t, hi=hi: (-t, np.full_like(t, hi)), c, n, scheme, w)
         return lo, hi
 
 
