@@ -59,20 +59,17 @@ class FloatElementwiseChains(Pass):
         forced = ir.ann.notes.setdefault("forced_float", {})
         regions = elementwise_regions(ir, exclude=forced)
         depths = region_depths(ir, ctx.target, regions, exclude=forced)
-        kept = 0
-        for region, depth in zip(regions, depths):
-            if depth < depth_limit:
-                continue
-            kept += 1
+        deep = [(r, d) for r, d in zip(regions, depths) if d >= depth_limit]
+        for region, depth in deep:
             for node in region:
                 forced.setdefault(node.name, f"elementwise chain rounded {depth} times in INT8 "
                                              f"(target: float from {depth_limit}): kept float")
-        mine = {n.name for r, d in zip(regions, depths) if d >= depth_limit for n in r}
+        mine = {n.name for r, _ in deep for n in r}
         folded = fold_float_constants(ir, mine) if mine else 0
         for name in mine:  # the nodes the folds made belong to the float regions too
             forced.setdefault(name, "elementwise chain kept float (float-elementwise-chains)")
-        rep.update(regions=len(regions), float_regions=kept, constants_folded=folded,
-                   float_nodes=sum(len(r) for r, d in zip(regions, depths) if d >= depth_limit),
+        rep.update(regions=len(regions), float_regions=len(deep), constants_folded=folded,
+                   float_nodes=sum(len(r) for r, _ in deep),
                    depth_histogram={str(d): depths.count(d) for d in sorted(set(depths))})
         return folded > 0  # otherwise annotations only
 
