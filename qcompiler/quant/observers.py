@@ -700,10 +700,17 @@ class MSEObserver(HistogramObserver):
         if hi0 == 0.0:
             t = self._search(-lo0, lambda t: (-t, np.zeros_like(t)), c, n, scheme, w)
             return -t, 0.0
+        # The search is deterministic: once an end comes back unchanged, the remaining
+        # alternations would repeat searches already made, so they are looked up.
+        upper, lower = {}, {}
         lo, hi = lo0, hi0
         for _ in range(3):
-            hi = self._search(hi0, lambda t, lo=lo: (np.full_like(t, lo), t), c, n, scheme, w)
-            lo = -self._search(-lo0, lambda t, hi=hi: (-t, np.full_like(t, hi)), c, n, scheme, w)
+            if lo not in upper:
+                upper[lo] = self._search(hi0, lambda t, lo=lo: (np.full_like(t, lo), t), c, n, scheme, w)
+            hi = upper[lo]
+            if hi not in lower:
+                lower[hi] = -self._search(-lo0, lambda t, hi=hi: (-t, np.full_like(t, hi)), c, n, scheme, w)
+            lo = lower[hi]
         return lo, hi
 
 
