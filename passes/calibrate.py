@@ -13,6 +13,7 @@ target says.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -23,7 +24,9 @@ from qcompiler.pipeline.options import METHOD_OPTION, PROGRESS_OPTION, Option
 from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.derived import affine_source, derivations, derived_ranges
 from qcompiler.quant.input_grid import ValueSample, widened_range
-from qcompiler.quant.observers import make_observer
+from qcompiler.quant import clip_choice
+from qcompiler.quant import observers as observer_defaults
+from qcompiler.quant.observers import MSEObserver, make_observer
 from qcompiler.quant.plan import group_qparams, require_plan, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
 
@@ -40,6 +43,8 @@ class Calibrate(Pass):
 
     config = {"calib_method": METHOD_OPTION,
               "percentile": Option(float, 99.99, "the percentile of the percentile method"),
+              "mse_clip_weight": Option(float, None, "mse: how many times a clipped value's error counts "
+                                        "(default: 4 or 1, whichever gives the smaller output error)"),
               "progress": PROGRESS_OPTION}
 
     def run(self, ir, ctx) -> bool:
@@ -48,6 +53,8 @@ class Calibrate(Pass):
         cfg = self.settings(ctx)
         method = cfg.calib_method or ctx.target.calibration
         opts = {"percentile": cfg.percentile} if method == "percentile" else {}
+        if method == "mse" and cfg.mse_clip_weight is not None:
+            opts = {"clip_weight": cfg.mse_clip_weight}
         act = to_quant_scheme(ctx.target.scheme("activation"))
         t0 = time.perf_counter()
         ranges = {}
@@ -68,10 +75,14 @@ class Calibrate(Pass):
                 rep["per_tensor_methods"] = len([n for n in observed if n in per_tensor and n not in full])
             rep["full_range_tensors"] = len(full)
             source = ctx.require_calibration(self.name)
-            fetched = observed + [n for n in means if n not in observers]
+            choosing = [n for n, o in observers.items() if isinstance(o, MSEObserver) and o.clip_weight is None]
+            why_not = clip_choice.applicable(ir, act) if choosing else "no tensor uses the mse default"
+            outs = {n: clip_choice.FirstValues() for n in clip_choice.taps(ir)} if why_not is None else {}
+            fetched = observed + [n for n in list(means) + list(outs) if n not in observers]
             samples = {t.name: ValueSample() for t in ir.graph.inputs if t.name in observers}
-            feeds = {n: _Fanout(*[d[n] for d in (observers, means, samples) if n in d]) for n in fetched}
-            batches = observe_session(ir, fetched, source(), feeds, progress=cfg.progress)
+            feeds = {n: _Fanout(*[d[n] for d in (observers, means, samples, outs) if n in d]) for n in fetched}
+            kept = clip_choice.FirstBatches(source()) if why_not is None else source()
+            batches = observe_session(ir, fetched, kept, feeds, progress=cfg.progress)
             if means:
                 measured = {n: m.result() for n, m in means.items() if m.result() is not None}
                 measured.update({n: a * measured[root] + b for n, (root, a, b) in affine.items() if root in measured})
@@ -90,6 +101,8 @@ class Calibrate(Pass):
                     ctx.log.warning("tensor '%s' is constant (%g) on the calibration data; a minimal safe scale is used",
                                     name, lo)
                 ranges[name] = (float(lo), float(hi))
+            if choosing:
+                rep["mse_clip_weight"] = _choose_clip_weight(ir, observers, choosing, ranges, act, kept, outs, why_not)
             for name, sample in samples.items():  # graph inputs: the grid off the data's lattice
                 ranges[name], steps = widened_range(sample.values(), *ranges[name], act)
                 if steps:
@@ -102,6 +115,29 @@ class Calibrate(Pass):
         rep.update(method=method, tensors=len(ranges), weights=n_w, seconds=round(time.perf_counter() - t0, 4))
         ctx.report["calibration"] = {"method": method, "seconds": rep["seconds"], "batches": rep.get("batches", 0)}
         return bool(ranges) or n_w > 0
+
+
+def _choose_clip_weight(ir, observers, names, ranges, act, kept, outs, why_not) -> dict:
+    """Keep the default clip weight's ranges, or replace them by the plain squared error's
+    when the fake-quantized float model's outputs are closer to FP32 with them
+    (qcompiler.quant.clip_choice). Returns the pass report's entry."""
+    default = observer_defaults.MSE_CLIP_WEIGHT
+    if why_not is not None:
+        return {"chosen": 1.0 if act.symmetric else default, "why_not_compared": why_not}
+    plain = {}
+    for name in names:
+        obs = copy.copy(observers[name])  # the histogram is shared, not changed
+        obs.clip_weight = 1.0
+        plain[name] = tuple(float(v) for v in obs.range(act))
+    if all(plain[n] == ranges[n] for n in names):
+        return {"chosen": default, "why_not_compared": "both weights give the same ranges"}
+    errors = clip_choice.choose(ir, {default: dict(ranges), 1.0: {**ranges, **plain}}, act, kept.kept,
+                                {n: r.values for n, r in outs.items()})
+    chosen = 1.0 if errors[1.0] < (1.0 - clip_choice.MARGIN) * errors[default] else default
+    if chosen != default:
+        ranges.update(plain)
+    return {"chosen": chosen, "output_noise_ratio": {f"{w:g}": round(e, 6) for w, e in errors.items()},
+            "batches": len(kept.kept)}
 
 
 def _means_for_bias_correction(ir, ctx, plan, derived):

@@ -1,4 +1,5 @@
-"""The x86 default (calibration mse) searches the clip-weighted squared error.
+"""The x86 default (calibration mse) searches the clip-weighted squared error (the weight
+each model keeps, 4 or 1, is tests/test_clip_choice.py's subject).
 
 The end-to-end effect is measured, not tested: bench/bench_quant.py's "qc default" row and
 docs/accuracy.md (a single small net's output SQNR moves by tenths of a dB with the last
@@ -20,11 +21,11 @@ def _scales(r):
             if i.name.endswith("scale") and not i.dims}
 
 
-def test_default_build_keeps_more_range_than_the_plain_squared_error(monkeypatch):
+def test_the_default_weight_keeps_more_range_than_the_plain_squared_error():
     xs = np.random.default_rng(3).standard_normal((12, 1, 3, 32, 32)).astype(np.float32)
     m = models.resnet18_like(hw=32, width=8, num_classes=10)
-    plain = _scales_of(m, xs, monkeypatch, 1.0)
-    weighted = _scales_of(m, xs, monkeypatch, DEFAULT_WEIGHT)
+    plain = _scales_of(m, xs, 1.0)
+    weighted = _scales_of(m, xs, DEFAULT_WEIGHT)
     assert set(plain) == set(weighted)
     wider = [k for k in plain if weighted[k] > plain[k] * (1 + 1e-6)]
     narrower = [k for k in plain if weighted[k] < plain[k] * (1 - 1e-6)]
@@ -33,9 +34,9 @@ def test_default_build_keeps_more_range_than_the_plain_squared_error(monkeypatch
     assert len(narrower) <= len(plain) // 10
 
 
-def _scales_of(m, xs, monkeypatch, weight):
-    monkeypatch.setattr(observers, "MSE_CLIP_WEIGHT", weight)
-    r = build(m, target="x86", calib=lambda: ({"input": x} for x in xs), options={"evaluate": False})
+def _scales_of(m, xs, weight):
+    r = build(m, target="x86", calib=lambda: ({"input": x} for x in xs),
+              options={"evaluate": False, "mse_clip_weight": weight})
     assert r.report["calibration"]["method"] == "mse"
     return _scales(r)
 

@@ -17,10 +17,12 @@ def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def build_options_from_flags(method, percentile, emit, warn_sqnr, quiet, extra) -> dict:
+def build_options_from_flags(method, percentile, emit, warn_sqnr, quiet, extra, clip_weight=None) -> dict:
     """build(options=...) for the command line's flags (the keys docs/api.md lists)."""
     options = {"calib_method": method, "percentile": percentile, "emit": emit, "progress": not quiet,
                "warn_sqnr": warn_sqnr}
+    if clip_weight is not None:
+        options["mse_clip_weight"] = clip_weight
     options.update(analyze.build_options_to_dict(**extra))
     options.update(formats.build_options_to_dict(**extra))
     return options
@@ -48,6 +50,10 @@ def register(group) -> None:
                                      "minmax unless the target file says otherwise].")
     @click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
                   help="Percentile for --method percentile.")
+    @click.option("--clip-weight", type=click.FloatRange(min=1), default=None,
+                  help="mse: how many times a clipped value's squared error counts [default: 4 or 1 on zero-point "
+                       "grids, whichever keeps the model's outputs closer to FP32 on the first calibration batches; "
+                       "1 on symmetric grids].")
     @click.option("--preprocess", type=click.Path(dir_okay=False),
                   help="Image preprocessing for image folders: a .json/.toml or key=value file "
                        "(resize, crop, mean, std, scale, layout, color).")
@@ -64,14 +70,14 @@ def register(group) -> None:
     @analyze.build_options
     @formats.build_options
     def build_cmd(model, output, target, pipeline, add_pass, plugin, dump_dir, calib, calib_samples, batch_size,
-                  method, percentile, preprocess, emit, report_path, keep_going, force, warn_sqnr, quiet,
-                  **extra_options):
+                  method, percentile, clip_weight, preprocess, emit, report_path, keep_going, force, warn_sqnr,
+                  quiet, **extra_options):
         """Compile MODEL through a pass pipeline and write the result."""
         from qcompiler.analysis.report import low_sqnr_warning, summarize
         from qcompiler.driver import build
 
         model_path = Path(model)
-        options = build_options_from_flags(method, percentile, emit, warn_sqnr, quiet, extra_options)
+        options = build_options_from_flags(method, percentile, emit, warn_sqnr, quiet, extra_options, clip_weight)
         shown = target or ("x86" if calib is not None or options.get("data_free") or options.get("mode") else None)
         plan = _output_plan(model_path, force, calib, target, preprocess, plugin, extra_options)
         if emit == "c":  # --emit c writes a library folder (qcompiler.codegen)

@@ -92,7 +92,7 @@ def build(
     target's pipeline. `calib`: calibration data as `qcompiler build --calib` takes it (a
     path; with `calib_samples`, `batch_size`, `preprocess`), an array dict, or a
     zero-argument callable returning a fresh iterator of input batches.
-    `options` keys: calib_method, percentile, emit, evaluate (default True: hold out every
+    `options` keys: calib_method, percentile, mse_clip_weight, emit, evaluate (default True: hold out every
     10th calibration batch and report the output error on those), warn_sqnr, progress, and
     those of ACCURACY_OPTIONS and ADVANCED_OPTIONS (docs/accuracy.md, docs/advanced.md).
     """
