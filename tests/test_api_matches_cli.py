@@ -63,6 +63,8 @@ def _cases(f: Path):
         ("method", ["--calib", c, "--method", "entropy"], MODEL, dict(**x86, options={"calib_method": "entropy"})),
         ("percentile", ["--calib", c, "--method", "percentile", "--percentile", "99.5"], MODEL,
          dict(**x86, options={"calib_method": "percentile", "percentile": 99.5})),
+        ("clip-weight", ["--calib", c, "--clip-weight", "2"], MODEL,
+         dict(**x86, options={"mse_clip_weight": 2.0})),
         ("preprocess", ["--calib", str(f / "images"), "--preprocess", str(f / "pre.json")], MODEL,
          dict(calib=str(f / "images"), preprocess=str(f / "pre.json"))),
         ("emit-qop", ["--calib", c, "--emit", "qop"], MODEL, dict(**x86, options={"emit": "qop"})),
