@@ -103,3 +103,11 @@ def test_a_bad_weight_is_a_one_line_error():
     m = models.resnet18_like(hw=32, width=8, num_classes=10)
     with pytest.raises(Exception, match="clip_weight must be a finite number >= 1"):
         build(m, target="x86", calib=_cal(2), options={"evaluate": False, "mse_clip_weight": 0.5})
+
+
+def test_a_huge_graph_keeps_the_default_without_comparing(monkeypatch):
+    monkeypatch.setattr(clip_choice, "MAX_NODES", 10)
+    m = models.resnet18_like(hw=32, width=8, num_classes=10)
+    r = build(m, target="x86", calib=_cal(4), options={"evaluate": False})
+    rep = r.report["passes"]["calibrate"]["mse_clip_weight"]
+    assert rep["chosen"] == 4.0 and "nodes" in rep["why_not_compared"]

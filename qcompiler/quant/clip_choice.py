@@ -35,6 +35,10 @@ MARGIN = 0.05
 #: the error of its logit on the few batches compared
 _SQUASH = ("Softmax", "LogSoftmax", "Sigmoid")
 
+#: above this many nodes the comparison is skipped: its session and second range search
+#: grow faster than the graph inside ONNX Runtime and would cost more than calibration
+MAX_NODES = 10_000
+
 _ZP_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
 _ZP_NP = {"uint8": np.uint8, "int8": np.int8}
 
@@ -79,6 +83,8 @@ def applicable(ir, scheme) -> Optional[str]:
     """None when the choice can run, else why not (said in the pass report)."""
     if scheme.symmetric or scheme.dtype not in _ZP_TYPES or scheme.axis is not None:
         return "the activation grid has no zero point to fit (symmetric grids use the plain error)"
+    if len(ir.graph.nodes) > MAX_NODES:
+        return f"the graph has over {MAX_NODES} nodes (the comparison would cost more than calibration)"
     data, lazy = ir_data_bytes(ir)
     if lazy or data > ir_io.SESSION_FILE_BYTES:
         return "the model is too large for a second calibration session"
