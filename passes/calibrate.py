@@ -13,7 +13,6 @@ target says.
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -25,8 +24,7 @@ from qcompiler.pipeline.registry import Pass, register_pass
 from qcompiler.quant.derived import affine_source, derivations, derived_ranges
 from qcompiler.quant.input_grid import ValueSample, widened_range
 from qcompiler.quant import clip_choice
-from qcompiler.quant import observers as observer_defaults
-from qcompiler.quant.observers import MSEObserver, make_observer
+from qcompiler.quant.observers import MSEObserver, default_clip_weight, make_observer
 from qcompiler.quant.plan import group_qparams, require_plan, to_quant_scheme, weight_qparams
 from qcompiler.quant.session import observe_session
 
@@ -76,12 +74,13 @@ class Calibrate(Pass):
             rep["full_range_tensors"] = len(full)
             source = ctx.require_calibration(self.name)
             choosing = [n for n, o in observers.items() if isinstance(o, MSEObserver) and o.clip_weight is None]
-            why_not = clip_choice.applicable(ir, act) if choosing else "no tensor uses the mse default"
-            outs = {n: clip_choice.FirstValues() for n in clip_choice.taps(ir)} if why_not is None else {}
+            why_not = clip_choice.applicable(ir, act) if choosing else None
+            compare = bool(choosing) and why_not is None
+            outs = {n: clip_choice.FirstValues() for n in clip_choice.taps(ir)} if compare else {}
             fetched = observed + [n for n in list(means) + list(outs) if n not in observers]
             samples = {t.name: ValueSample() for t in ir.graph.inputs if t.name in observers}
             feeds = {n: _Fanout(*[d[n] for d in (observers, means, samples, outs) if n in d]) for n in fetched}
-            kept = clip_choice.FirstBatches(source()) if why_not is None else source()
+            kept = clip_choice.FirstBatches(source()) if compare else source()
             batches = observe_session(ir, fetched, kept, feeds, progress=cfg.progress)
             if means:
                 measured = {n: m.result() for n, m in means.items() if m.result() is not None}
@@ -121,14 +120,10 @@ def _choose_clip_weight(ir, observers, names, ranges, act, kept, outs, why_not) 
     """Keep the default clip weight's ranges, or replace them by the plain squared error's
     when the fake-quantized float model's outputs are closer to FP32 with them
     (qcompiler.quant.clip_choice). Returns the pass report's entry."""
-    default = observer_defaults.MSE_CLIP_WEIGHT
+    default = default_clip_weight(act)
     if why_not is not None:
-        return {"chosen": 1.0 if act.symmetric else default, "why_not_compared": why_not}
-    plain = {}
-    for name in names:
-        obs = copy.copy(observers[name])  # the histogram is shared, not changed
-        obs.clip_weight = 1.0
-        plain[name] = tuple(float(v) for v in obs.range(act))
+        return {"chosen": default, "why_not_compared": why_not}
+    plain = {name: tuple(float(v) for v in observers[name].range(act, clip_weight=1.0)) for name in names}
     if all(plain[n] == ranges[n] for n in names):
         return {"chosen": default, "why_not_compared": "both weights give the same ranges"}
     errors = clip_choice.choose(ir, {default: dict(ranges), 1.0: {**ranges, **plain}}, act, kept.kept,

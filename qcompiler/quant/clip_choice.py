@@ -112,20 +112,20 @@ def choose(ir, candidates: Dict[float, Dict[str, tuple]], scheme, batches: Seque
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort_session(model, so)
     inputs = {i.name for i in sess.get_inputs()}
+    signal = np.array([sum(float(np.sum(np.square(v, dtype=np.float64))) for v in reference[o][:len(batches)])
+                       for o in outputs])
     errors = {}
     for w, ranges in candidates.items():
         qp = group_qparams(ir, ranges, scheme)
         feeds_q = {"qc_fq_scales": np.array([float(qp[n].scale) for n in names], dtype=np.float32),
                    "qc_fq_zero_points": np.array([int(qp[n].zero_point) for n in names], dtype=_ZP_NP[scheme.dtype])}
         noise = np.zeros(len(outputs))
-        signal = np.zeros(len(outputs))
         for b, batch in enumerate(batches):
             feeds = {k: v for k, v in batch.items() if k in inputs}
             feeds.update(feeds_q)
             for j, out in enumerate(sess.run(fetch, feeds)):
                 ref = reference[outputs[j]][b].astype(np.float64)
                 noise[j] += float(np.sum((np.asarray(out, dtype=np.float64) - ref) ** 2))
-                signal[j] += float(np.sum(ref ** 2))
         ratios = noise / np.maximum(signal, 1e-30)
         errors[w] = float(np.sum(ratios)) if np.all(np.isfinite(ratios)) else float("inf")
     return errors

@@ -44,6 +44,7 @@ __all__ = [
     "EntropyObserver",
     "MSEObserver",
     "MSE_CLIP_WEIGHT",
+    "default_clip_weight",
     "OBSERVER_METHODS",
     "make_observer",
     "per_channel_minmax",
@@ -605,6 +606,11 @@ def _kl_divergences(hist: np.ndarray, cands: np.ndarray, levels: int) -> np.ndar
 MSE_CLIP_WEIGHT = 4.0
 
 
+def default_clip_weight(scheme: QuantScheme) -> float:
+    """The mse clip weight a scheme gets when none is given."""
+    return 1.0 if scheme.symmetric else float(MSE_CLIP_WEIGHT)
+
+
 class MSEObserver(HistogramObserver):
     """Range minimising the expected quantization error of the histogram on the scheme's grid.
 
@@ -676,7 +682,9 @@ class MSEObserver(HistogramObserver):
                 best_t, best_e = float(t[int(np.argmin(e))]), float(e.min())
         return best_t
 
-    def range(self, scheme: QuantScheme | None = None) -> tuple[float, float]:
+    def range(self, scheme: QuantScheme | None = None, clip_weight: float | None = None) -> tuple[float, float]:
+        """The range on `scheme`; `clip_weight` (>= 1) overrides the observer's own for this
+        search only (calibrate compares weights on one histogram)."""
         scheme = scheme or _DEFAULT_SCHEME
         if self._empty():
             return 0.0, 0.0
@@ -686,10 +694,8 @@ class MSEObserver(HistogramObserver):
         c = np.clip(c, self._min, self._max).astype(np.float32)
         n = counts[keep].astype(np.float32)
         lo0, hi0 = min(self._min, 0.0), max(self._max, 0.0)
-        if self.clip_weight is not None:
-            w = self.clip_weight
-        else:
-            w = 1.0 if scheme.symmetric else float(MSE_CLIP_WEIGHT)
+        w = next((x for x in (clip_weight, self.clip_weight) if x is not None), None)
+        w = default_clip_weight(scheme) if w is None else float(w)
         if scheme.symmetric:
             absmax = max(-lo0, hi0)
             t = self._search(absmax, lambda t: (-t, t), c, n, scheme, w)
